@@ -1,0 +1,1 @@
+"""Shared runtime: config, distributed helpers, checkpoints, FLOP ledger, optimizers, logging."""

@@ -1,0 +1,274 @@
+"""Configuration: one tree of defaults, YAML files that override it, `key.sub=value` on the command line.
+
+Precedence (lowest first): the defaults in this file (and the per-method defaults that each
+`selfsup/<method>.py` declares), the YAML file chain (a file may name a `base:` file it
+inherits from), then command-line overrides. Every key must exist in the defaults: an unknown
+key is an error that names the key and the closest valid one. Values are type-checked against
+the default's type (an int is accepted where a float is expected; a default of None accepts
+anything).
+"""
+import copy
+import difflib
+import os
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad key, value or file in the configuration. The message names it."""
+
+
+# The shared defaults. Scripts add their own sections (the SSL method's, say) before parsing.
+DEFAULTS = {
+    "output_dir": "runs/quickstart",
+    "data": {
+        "name": "synthetic",          # synthetic | imagefolder | cifar10
+        "root": None,                 # folder with train/ and val/ or test/ (imagefolder), or cifar10 root
+        "download": False,            # cifar10 only: let torchvision download it
+        "train_split": "train",
+        "val_split": None,            # None: val/ if it exists, else test/
+        "subset_per_class": 0,        # >0: keep only the first N images of each class (CPU-scale runs)
+        "val_subset_per_class": 0,
+        "synthetic_train_size": 2000,
+        "synthetic_val_size": 1000,
+        "synthetic_image_size": 32,
+        "synthetic_classes": 10,
+        "crop_size": 32,              # side of the crops the loader workers produce (largest training resolution)
+        "crop_scale": [0.2, 1.0],     # RandomResizedCrop area range (SimSiam / MoCo v2 use 0.2-1.0)
+        "eval_resize": 32,            # kNN / linear eval: resize shorter side to this, then ...
+        "eval_crop": 32,              # ... center crop to this (ImageNet: 256 / 224)
+        "num_views": 2,               # views per image delivered by the loader
+        "workers": 2,                 # loader worker processes per rank
+        "prefetch_factor": 4,
+    },
+    "augment": {
+        # Photometric operations run batched on the training device (data/augment.py).
+        # Colour strength scales linearly with the magnitude m; m = 5 is the standard
+        # SimCLR/SimSiam strength (WACV'23 sec. 4: "scale the colour jittering linearly where the
+        # standard scale is defined as 5"); m = 0 leaves colour untouched.
+        "magnitude": 5.0,
+        "jitter": [0.4, 0.4, 0.4, 0.1],   # brightness, contrast, saturation, hue at m = 5
+        "jitter_prob": 0.8,
+        "grayscale_prob": 0.2,            # at m = 5; scaled with m like the jitter
+        "blur_prob": 0.0,                 # ImageNet recipes: 0.5 (SimCLR sigma 0.1-2.0)
+        "blur_sigma": [0.1, 2.0],
+        "solarize_prob": 0.0,
+        "flip_prob": 0.5,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "resolution": 0,                  # training resolution; 0 = data.crop_size
+    },
+    "model": {
+        "arch": "resnet18",           # resnet18 | resnet34 | resnet50 | resnet101 | resnet152 (torchvision)
+        "cifar_stem": True,           # 3x3 stride-1 conv, no max-pool: for 32-64 px images
+        "width": 64,                  # channels of the first stage (torchvision: 64); smaller for CPU runs
+        "zero_init_residual": False,
+    },
+    "optim": {
+        "name": "sgd",                # sgd | lars
+        "lr": 0.05,                   # base learning rate; see lr_scaling
+        "lr_scaling": "linear",       # linear: lr x global_batch / 256 (SimSiam, MoCo); none: as given
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "schedule": "cosine",         # cosine (WACV Eq. 5; Eq. 6 with warmup_epochs > 0) | constant
+        "warmup_epochs": 0.0,
+        "final_lr": 0.0,
+    },
+    "train": {
+        "epochs": 100,
+        "batch_size": 512,            # global batch, split evenly across ranks
+        "seed": 0,
+        "device": "auto",             # auto | cpu | cuda
+        "amp": "none",                # none | bf16 | fp16 (CUDA only)
+        "channels_last": False,
+        "sync_bn": False,             # all BatchNorm layers use global-batch statistics
+        "threads": 0,                 # torch intra-op threads per rank; 0 = torch default
+        "log_every": 10,              # steps between metrics.jsonl lines
+        "ckpt_every_steps": 200,      # checkpoint.pt refresh inside an epoch (0: end of epoch only)
+        "snapshot_every_epochs": 0,   # also keep ckpt_XXXX.pt every N epochs (0: never)
+        "stop_at_step": 0,            # >0: save and exit after this global step, as a pre-emption would
+    },
+    "knn": {
+        "k": 200,
+        "temperature": 0.07,
+        "every_epochs": 0,            # online kNN every N epochs (0: only at start and end)
+        "batch_size": 256,
+    },
+    "eval": {
+        # linear_eval.py: a linear classifier on the frozen backbone. Defaults: the protocol of the
+        # WACV'23 paper / SimSiam (LARS, batch 2048, lr 0.1 x 2048/256 = 0.8, 90 epochs, cosine).
+        "epochs": 90,
+        "batch_size": 2048,
+        "optimizer": "lars",          # lars | sgd
+        "lr": 0.1,                    # x eval.batch_size / 256
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "augment": True,              # RandomResizedCrop + flip each epoch; false: features computed once
+        "crop_scale": [0.08, 1.0],
+        "feature": "final",           # final | block1 | block2 | block3 | block4 (pooled stage output)
+    },
+}
+
+
+class Config(dict):
+    """A dict whose keys are also attributes (cfg.optim.lr)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+    def to_dict(self):
+        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
+
+
+def _to_config(d):
+    return Config({k: _to_config(v) if isinstance(v, dict) else v for k, v in d.items()})
+
+
+def _flat_keys(d, prefix=""):
+    for k, v in d.items():
+        key = prefix + k
+        if isinstance(v, dict) and v:
+            yield from _flat_keys(v, key + ".")
+        yield key
+
+
+def _unknown(key, defaults):
+    close = difflib.get_close_matches(key, list(_flat_keys(defaults)), n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(key, value, default):
+    """Check `value` against the type of `default`; return the value to store."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' expects true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-4' as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        if default:
+            return [_coerce(f"{key}[{i}]", v, default[0]) for i, v in enumerate(value)]
+        return value
+    return value
+
+
+def _merge(base, update, defaults, root, prefix=""):
+    """Merge `update` into `base` (in place), checking keys and types against `defaults`
+    (the subtree at `prefix` of the whole tree `root`, which error hints search)."""
+    for k, v in update.items():
+        key = prefix + str(k)
+        if k not in defaults:
+            raise _unknown(key, root)
+        d = defaults[k]
+        if isinstance(d, dict):
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key '{key}' is a section; give its keys, not {v!r}")
+            _merge(base[k], v, d, root, key + ".")
+        else:
+            base[k] = _coerce(key, v, d)
+
+
+def _read_yaml(path, seen=()):
+    """Read a YAML file and the chain of `base:` files it inherits from (nearest wins)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    if os.path.abspath(path) in seen:
+        raise ConfigError(f"config file {path} inherits from itself")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    chain = []
+    base = data.pop("base", None)
+    if base is not None:
+        base_path = os.path.join(os.path.dirname(path), base)
+        chain = _read_yaml(base_path, seen + (os.path.abspath(path),))
+    return chain + [(path, data)]
+
+
+def parse_override(text):
+    """'optim.lr=0.1' -> ('optim.lr', 0.1); the value is read as YAML (so [1,2], true, null work)."""
+    if "=" not in text:
+        raise ConfigError(f"command-line override '{text}' is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _nest(key, value):
+    out = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def load_config(defaults, config_file=None, overrides=(), base=None):
+    """Resolve defaults <- `base` (a stored config, e.g. a checkpoint's) <- YAML chain <-
+    `key=value` overrides into a Config."""
+    cfg = copy.deepcopy(defaults)
+    if base is not None:
+        try:
+            _merge(cfg, base, defaults, defaults)
+        except ConfigError as e:
+            raise ConfigError(f"stored config: {e}") from None
+    if config_file:
+        for path, data in _read_yaml(config_file):
+            try:
+                _merge(cfg, data, defaults, defaults)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        _merge(cfg, _nest(key, value), defaults, defaults)
+    return _to_config(cfg)
+
+
+def diff_configs(a, b, prefix=""):
+    """Keys whose values differ between two config dicts (for the resume warning)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_configs(va, vb, prefix + k + ".")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def save_config(cfg, path):
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg.to_dict() if isinstance(cfg, Config) else cfg, f, sort_keys=False)
