@@ -1,0 +1,1 @@
+"""Acceleration techniques, one file each; a script opts in with a line or two."""

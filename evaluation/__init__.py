@@ -1,0 +1,1 @@
+"""Evaluation: weighted kNN and distributed feature extraction."""

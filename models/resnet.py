@@ -1,0 +1,87 @@
+"""ResNet backbones with torchvision's module names, a CIFAR stem and a width option.
+
+The state dict of `ResNet(arch, width=64, cifar_stem=False)` loads into
+`torchvision.models.<arch>()` (strict, apart from the absent `fc`), so checkpoints are usable
+outside this repo. The network is a stem plus four stages: `forward_stages(x, upto=i)` returns
+each stage's output and stops after stage i (later stages are not run), which is what
+intermediate losses and partial back-propagation need (the paper's block i = stage i, with the
+stem inside block 1).
+"""
+import torch
+import torch.nn as nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
+
+ARCHS = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+    "resnet101": (Bottleneck, [3, 4, 23, 3]),
+    "resnet152": (Bottleneck, [3, 8, 36, 3]),
+}
+
+
+class ResNet(nn.Module):
+    def __init__(self, arch="resnet50", width=64, cifar_stem=False, zero_init_residual=False):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"model.arch '{arch}' is not one of {sorted(ARCHS)}")
+        block, layers = ARCHS[arch]
+        self.arch, self.inplanes = arch, width
+        if cifar_stem:  # 32 px images: keep the full resolution into stage 1
+            self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(block, width, layers[0], 1)
+        self.layer2 = self._make_layer(block, width * 2, layers[1], 2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], 2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.stage_channels = [width * m * block.expansion for m in (1, 2, 4, 8)]
+        self.num_features = self.stage_channels[-1]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    def _make_layer(self, block, planes, blocks, stride):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def stages(self):
+        """The four blocks; the stem belongs to block 1."""
+        stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
+        return [nn.Sequential(stem, self.layer1), self.layer2, self.layer3, self.layer4]
+
+    def forward_stages(self, x, upto=4):
+        """Feature maps after stages 1..upto; stages after `upto` are not computed."""
+        feats = []
+        for stage in self.stages()[:upto]:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def forward(self, x):
+        """Globally pooled features of the last stage: [B, num_features]."""
+        return torch.flatten(self.avgpool(self.forward_stages(x)[-1]), 1)
+
+
+def build_backbone(model_cfg):
+    return ResNet(model_cfg.arch, model_cfg.width, model_cfg.cifar_stem, model_cfg.zero_init_residual)

@@ -1,0 +1,52 @@
+"""SimSiam (Chen & He, CVPR 2021): projector, predictor, symmetric negative cosine loss with a
+stop-gradient on the target branch. Defaults from the SimSiam paper (ImageNet: 3-layer
+projector of 2048, predictor bottleneck 512, predictor at a fixed learning rate; CIFAR: a
+2-layer projector)."""
+import torch.nn.functional as F
+
+from selfsup.base import SSLMethod, mlp
+from selfsup.registry import register
+
+DEFAULTS = {
+    "proj_dim": 2048,
+    "proj_layers": 3,
+    "pred_hidden": 512,
+    "fix_pred_lr": True,
+}
+
+
+def negative_cosine(p, z):
+    """Per-sample D(p, z) = -cos(p, stopgrad(z)), SimSiam Eq. 1 with the stop-gradient of Eq. 3."""
+    return -F.cosine_similarity(p, z.detach(), dim=-1)
+
+
+def simsiam_loss(p1, p2, z1, z2):
+    """Per-sample symmetric loss L = D(p1, z2)/2 + D(p2, z1)/2 (SimSiam Eq. 2); shape [B]."""
+    return 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1)
+
+
+@register("simsiam", DEFAULTS)
+class SimSiam(SSLMethod):
+    def __init__(self, backbone, cfg):
+        super().__init__(backbone)
+        d, h = backbone.num_features, cfg.proj_dim
+        self.projector = mlp([d] + [h] * cfg.proj_layers)
+        self.predictor = mlp([h, cfg.pred_hidden, h], last_bn=False)
+        self.fix_pred_lr = cfg.fix_pred_lr
+
+    def embed(self, views):
+        """Per view (z, p): projection and prediction."""
+        outs = []
+        for v in views:
+            z = self.projector(self.backbone(v))
+            outs.append((z, self.predictor(z)))
+        return outs
+
+    def pair_loss(self, a, b):
+        (z1, p1), (z2, p2) = a, b
+        return simsiam_loss(p1, p2, z1, z2)
+
+    def param_groups(self):
+        pred = list(self.predictor.parameters())
+        rest = [p for n, p in self.named_parameters() if not n.startswith("predictor.")]
+        return [{"params": rest}, {"params": pred, "fix_lr": self.fix_pred_lr}]
