@@ -50,7 +50,8 @@ class SSLMethod(nn.Module):
         return {"loss": loss}
 
     def param_groups(self):
-        """Optimizer parameter groups; a group with fix_lr=True keeps the base learning rate."""
+        """Optimizer parameter groups. A group with fix_lr=True keeps the base learning rate
+        instead of following the schedule; lr_mult scales the group's learning rate."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     def on_step(self, step):

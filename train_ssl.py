@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Self-supervised pretraining with a hand-written data-parallel loop.
+
+    python train_ssl.py                                   # yaml/quickstart.yaml: synthetic data, CPU minutes
+    python train_ssl.py --config yaml/cifar10_simsiam.yaml data.root=../shared/datasets/cifar10
+    torchrun --nproc_per_node=8 train_ssl.py --config yaml/imagenet_simsiam.yaml data.root=/data/imagenet
+
+Re-running the same command with the same output_dir resumes from output_dir/checkpoint.pt.
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import selfsup
+from accel import schedules
+from common import checkpoint, dist
+from common.config import DEFAULTS, ConfigError, diff_configs, load_config, save_config
+from common.flops import FlopLedger
+from common.logger import RunLogger
+from common.optim import build_optimizer
+from data import DataError, build_eval_loader, build_images, build_train_loader
+from data.augment import DeviceAugment
+from evaluation.knn import knn_top1
+from models.batchnorm import convert_sync_bn
+from models.resnet import build_backbone
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(HERE, "yaml", "quickstart.yaml")
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def config_defaults():
+    return dict(DEFAULTS, method=selfsup.method_defaults())
+
+
+def parse_config(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML experiment file (default: yaml/quickstart.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override a config value")
+    args = p.parse_args(argv)
+    return load_config(config_defaults(), args.config, args.overrides)
+
+
+def check_config(cfg, world):
+    if cfg.train.batch_size % world:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world} ranks")
+    if cfg.train.amp not in AMP_DTYPES:
+        raise ConfigError(f"train.amp '{cfg.train.amp}' is not one of {sorted(AMP_DTYPES)}")
+    if cfg.data.crop_size % 1 or cfg.data.crop_size <= 0:
+        raise ConfigError(f"data.crop_size must be a positive integer, got {cfg.data.crop_size}")
+
+
+def main(cfg):
+    device = dist.init_distributed(cfg.train.device)
+    world, is_main = dist.world_size(), dist.is_main()
+    check_config(cfg, world)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    amp_dtype = AMP_DTYPES[cfg.train.amp]
+    if amp_dtype is torch.float16 and device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs CUDA; use bf16 or none on the CPU")
+    local_batch = cfg.train.batch_size // world
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+
+    # ---- data: crops in loader workers, photometric operations on the device
+    train_images, val_images, num_classes = build_images(cfg.data, cfg.train.seed)
+    loader, sampler = build_train_loader(train_images, cfg, local_batch, device)
+    knn_train_loader = build_eval_loader(train_images, cfg, cfg.knn.batch_size, device)
+    knn_val_loader = build_eval_loader(val_images, cfg, cfg.knn.batch_size, device)
+    augment = DeviceAugment(cfg.augment)
+    resolution = cfg.augment.resolution or cfg.data.crop_size
+
+    # ---- model
+    model = selfsup.build_method(cfg.method, build_backbone(cfg.model))
+    if cfg.train.sync_bn and world > 1:
+        model = convert_sync_bn(model, device)
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+
+    # ---- optimizer and per-iteration schedules
+    steps_per_epoch = sampler.steps_per_epoch
+    total_steps = cfg.train.epochs * steps_per_epoch
+    lr = cfg.optim.lr * (cfg.train.batch_size / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
+    optimizer = build_optimizer(cfg.optim.name, model.param_groups(), lr, cfg.optim.momentum, cfg.optim.weight_decay)
+    lr_schedule = schedules.build_lr_schedule(cfg.optim, total_steps, steps_per_epoch, lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
+    ledger = FlopLedger()
+
+    # ---- resume
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    ckpt_path = os.path.join(cfg.output_dir, "checkpoint.pt")
+    step, knn_start = 0, None
+    if os.path.exists(ckpt_path):
+        state = checkpoint.load(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        ledger.load_state_dict(state["ledger"])
+        checkpoint.set_rng_state(state["rng"])
+        step, knn_start = state["step"], state.get("knn_start")
+        changed = diff_configs(state["config"], cfg.to_dict())
+        if is_main:
+            print(f"resuming from {ckpt_path} at step {step}/{total_steps}"
+                  + (f"; config changed: {', '.join(changed)}" if changed else ""), flush=True)
+    commit = checkpoint.git_commit()
+    logger = RunLogger(cfg.output_dir, is_main)
+    if is_main:
+        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+        with open(os.path.join(cfg.output_dir, "run_info.json"), "w") as f:
+            json.dump({"git_commit": commit, "world_size": world, "device": str(device),
+                       "argv": sys.argv, "train_images": train_images.description,
+                       "val_images": val_images.description}, f, indent=1)
+        logger.print(f"{cfg.method.name} on {train_images.description}; {world} rank(s) x {local_batch} images, "
+                     f"{steps_per_epoch} steps/epoch, {total_steps} steps, lr {lr:g}; output {cfg.output_dir}")
+
+    def knn():
+        return knn_top1(model.backbone, knn_train_loader, knn_val_loader, augment, device, num_classes,
+                        cfg.knn.k, cfg.knn.temperature, cfg.train.channels_last, amp_dtype)
+
+    def save(epoch, snapshot=False):
+        if not is_main:
+            return
+        state = {"model": model.state_dict(), "backbone": model.backbone.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                 "ledger": ledger.state_dict(), "rng": checkpoint.rng_state(), "step": step, "epoch": epoch,
+                 "knn_start": knn_start, "config": cfg.to_dict(), "git_commit": commit, "world_size": world}
+        checkpoint.save_atomic(state, ckpt_path)
+        if snapshot:
+            checkpoint.save_atomic(state, os.path.join(cfg.output_dir, f"ckpt_{epoch:04d}.pt"))
+
+    if step == 0:
+        knn_start = knn()
+        logger.log({"epoch": 0.0, "knn_top1": knn_start}, step=0)
+        logger.print(f"kNN top-1 at start (random init): {knn_start:.2f}%")
+    if step >= total_steps:
+        logger.print(f"{ckpt_path} is already at the last step ({total_steps}); nothing to train")
+        return
+
+    # SIGTERM (pre-emption, scancel): finish the step, write the checkpoint, exit.
+    stop = {"requested": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+
+    bar = tqdm(total=total_steps, initial=step, disable=not is_main, dynamic_ncols=True, mininterval=2)
+    loss_sum = torch.zeros((), device=device)
+    window = {"t": time.perf_counter(), "steps": 0}
+    for epoch in range(step // steps_per_epoch, cfg.train.epochs):
+        sampler.set_epoch(epoch, skip_steps=step - epoch * steps_per_epoch)
+        model.train()
+        for batch in loader:
+            for g in optimizer.param_groups:
+                g["lr"] = (lr if g.get("fix_lr") else float(lr_schedule[step])) * g.get("lr_mult", 1.0)
+            views = augment(batch["views"].to(device, non_blocking=True), batch["rand"].to(device, non_blocking=True),
+                            cfg.augment.magnitude, resolution, cfg.train.channels_last)
+            with ledger.count(("train", resolution, len(views), local_batch)):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = ddp(views)["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            model.on_step(step)
+            step += 1
+            loss_sum += loss.detach().float()
+            window["steps"] += 1
+            bar.update(1)
+
+            if step % cfg.train.log_every == 0 or step == total_steps:
+                mean_loss = dist.all_reduce_mean(loss_sum / window["steps"]).item()
+                elapsed = time.perf_counter() - window["t"]
+                metrics = {"epoch": step / steps_per_epoch, "loss": mean_loss, "lr": float(lr_schedule[step - 1]),
+                           "images_per_s": window["steps"] * cfg.train.batch_size / elapsed,
+                           "train_pflops": ledger.global_total("train") / 1e15}
+                logger.log(metrics, step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", ips=f"{metrics['images_per_s']:.0f}")
+                loss_sum.zero_()
+                window.update(t=time.perf_counter(), steps=0)
+            if cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0:
+                save(epoch)
+            if step == cfg.train.stop_at_step or stop["requested"]:
+                save(epoch)
+                bar.close()
+                logger.print(f"stopped at step {step}; re-run the same command to resume")
+                logger.close()
+                return
+
+        done = epoch + 1
+        if cfg.knn.every_epochs and done % cfg.knn.every_epochs == 0 and done < cfg.train.epochs:
+            logger.log({"epoch": float(done), "knn_top1": knn()}, step)
+        save(done, snapshot=bool(cfg.train.snapshot_every_epochs) and done % cfg.train.snapshot_every_epochs == 0)
+    bar.close()
+
+    knn_end = knn()
+    logger.log({"epoch": float(cfg.train.epochs), "knn_top1": knn_end, "knn_start": knn_start,
+                "train_pflops": ledger.global_total("train") / 1e15}, step)
+    logger.print(f"kNN top-1: {knn_start:.2f}% at start -> {knn_end:.2f}% after {cfg.train.epochs} epochs "
+                 f"({ledger.global_total('train') / 1e15:.4f} training PFLOPs)")
+    logger.close()
+
+
+if __name__ == "__main__":
+    try:
+        cfg = parse_config(sys.argv[1:])
+        main(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        dist.cleanup()
