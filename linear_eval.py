@@ -75,7 +75,7 @@ def main(ckpt_path, state, cfg):
     backbone.load_state_dict(state["backbone"])
     backbone.to(device).eval().requires_grad_(False)
     frozen = {k: v.clone() for k, v in backbone.state_dict().items()}
-    features = FrozenFeatures(backbone, ev.feature)
+    features = FrozenFeatures(backbone, ev.feature).eval()  # eval mode: BN uses running statistics
 
     train_images, val_images, num_classes = build_images(cfg.data, cfg.train.seed)
     augment = DeviceAugment(cfg.augment)

@@ -53,8 +53,8 @@ def check_config(cfg, world):
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world} ranks")
     if cfg.train.amp not in AMP_DTYPES:
         raise ConfigError(f"train.amp '{cfg.train.amp}' is not one of {sorted(AMP_DTYPES)}")
-    if cfg.data.crop_size % 1 or cfg.data.crop_size <= 0:
-        raise ConfigError(f"data.crop_size must be a positive integer, got {cfg.data.crop_size}")
+    if cfg.data.crop_size <= 0:
+        raise ConfigError(f"data.crop_size must be positive, got {cfg.data.crop_size}")
 
 
 def main(cfg):

@@ -16,10 +16,6 @@ import torch
 SHAPES = ["disk", "square", "triangle", "ring", "plus", "hstripes", "vstripes",
           "checker", "dstripes", "cross"]
 
-PALETTE = np.array([[0.9, 0.15, 0.15], [0.15, 0.7, 0.2], [0.15, 0.3, 0.9], [0.95, 0.85, 0.2],
-                    [0.6, 0.2, 0.8], [0.2, 0.8, 0.85], [0.95, 0.55, 0.15], [0.5, 0.5, 0.5]])
-
-
 def _mask(shape, yy, xx, cy, cx, s, phase):
     dy, dx = yy - cy, xx - cx
     r = np.sqrt(dy * dy + dx * dx)
@@ -56,14 +52,15 @@ def make_image(index, seed=0, split=0, size=32, num_classes=10):
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     s = size * rng.uniform(0.22, 0.4)
     cy, cx = rng.uniform(s, size - s, 2) if size > 2 * s else (size / 2, size / 2)
-    # Colours come from a small palette, so that colour says little about which image a view
-    # came from: matching two views then needs shape and position, not a colour histogram.
-    fg_i, bg_i = rng.choice(len(PALETTE), 2, replace=False)
-    fg = PALETTE[fg_i] + rng.uniform(-0.06, 0.06, 3)
-    bg = PALETTE[bg_i] + rng.uniform(-0.06, 0.06, 3)
+    # Grey levels with a light tint: a shape lighter or darker than its background, colour
+    # variation within the range that colour jitter covers, so that matching two views of an
+    # image takes shape, not colour (colour is the first shortcut SSL finds otherwise).
+    fg_l, bg_l = (0.75, 0.25) if rng.random() < 0.5 else (0.25, 0.75)
+    fg = fg_l + rng.uniform(-0.12, 0.12) + rng.uniform(-0.1, 0.1, 3)
+    bg = bg_l + rng.uniform(-0.12, 0.12) + rng.uniform(-0.1, 0.1, 3)
     angle = rng.uniform(0, 2 * np.pi)
     t = ((np.cos(angle) * xx + np.sin(angle) * yy) / size - 0.5)[..., None]
-    img = bg + 0.25 * t
+    img = bg + 0.2 * t
     m = _mask(shape, yy, xx, cy, cx, s, rng.uniform(0, size))
     img = np.where(m[..., None], fg, img)
     img = img + rng.normal(0, 0.04, img.shape)
