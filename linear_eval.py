@@ -53,7 +53,7 @@ def parse(argv):
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train_ssl.py")
     p.add_argument("--config", default=None, help="YAML file overriding the checkpoint's config")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     if not os.path.isfile(args.checkpoint):
         raise ConfigError(f"checkpoint not found: {args.checkpoint}")
     state = checkpoint.load(args.checkpoint)

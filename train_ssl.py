@@ -44,7 +44,7 @@ def parse_config(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML experiment file (default: yaml/quickstart.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override a config value")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     return load_config(config_defaults(), args.config, args.overrides)
 
 

@@ -63,3 +63,11 @@ def test_every_shipped_yaml_file_resolves():
     assert files
     for f in files:
         load_config(config_defaults(), f)
+
+
+def test_command_line_accepts_overrides_on_both_sides_of_config(tmp_path):
+    from train_ssl import parse_config
+    f = tmp_path / "exp.yaml"
+    f.write_text("train:\n  epochs: 9\n  batch_size: 64\n")
+    cfg = parse_config(["optim.lr=0.5", "--config", str(f), "train.epochs=2"])
+    assert (cfg.optim.lr, cfg.train.epochs, cfg.train.batch_size) == (0.5, 2, 64)
