@@ -53,6 +53,8 @@ def check_config(cfg, world):
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world} ranks")
     if cfg.train.amp not in AMP_DTYPES:
         raise ConfigError(f"train.amp '{cfg.train.amp}' is not one of {sorted(AMP_DTYPES)}")
+    if cfg.optim.lr_scaling not in ("linear", "none"):
+        raise ConfigError(f"optim.lr_scaling '{cfg.optim.lr_scaling}' is not one of linear, none")
     if cfg.data.crop_size <= 0:
         raise ConfigError(f"data.crop_size must be positive, got {cfg.data.crop_size}")
 

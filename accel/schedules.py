@@ -3,6 +3,8 @@
 Equation numbers are those of the WACV'23 paper (../shared/papers/wacv2023-...txt)."""
 import numpy as np
 
+from common.config import ConfigError
+
 
 def cosine(total_steps, lr_max, final=0.0):
     """Cosine annealing, Eq. 5: eps_t = final + (lr_max - final) (cos(pi t / L) + 1) / 2."""
@@ -28,4 +30,4 @@ def build_lr_schedule(optim_cfg, total_steps, steps_per_epoch, lr_max):
         return warmup_cosine(total_steps, warmup, lr_max, optim_cfg.final_lr)
     if optim_cfg.schedule == "constant":
         return constant(total_steps, lr_max)
-    raise ValueError(f"optim.schedule '{optim_cfg.schedule}' is not one of cosine, constant")
+    raise ConfigError(f"optim.schedule '{optim_cfg.schedule}' is not one of cosine, constant")

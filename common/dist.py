@@ -48,11 +48,6 @@ def torch_dist_backend():
     return dist.get_backend() if is_dist() else None
 
 
-def barrier():
-    if is_dist():
-        dist.barrier()
-
-
 def cleanup():
     if is_dist():
         dist.destroy_process_group()
@@ -106,10 +101,3 @@ def all_gather_variable(t):
     full = all_gather_no_grad(pad)
     return torch.cat([full[i * max(sizes): i * max(sizes) + s] for i, s in enumerate(sizes)], 0)
 
-
-def broadcast_object(obj, src=0):
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

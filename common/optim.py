@@ -4,6 +4,8 @@ excluded from the trust-ratio adaptation and from weight decay."""
 import torch
 from torch.optim import Optimizer
 
+from common.config import ConfigError
+
 
 class LARS(Optimizer):
     """update = momentum buffer of (g + wd w) x trust, trust = eta ||w|| / ||g + wd w|| for
@@ -50,4 +52,4 @@ def build_optimizer(name, param_groups, lr, momentum, weight_decay):
             excluded = [p for p in g["params"] if p.ndim <= 1]
             groups += [dict(extra, params=adapted), dict(extra, params=excluded, lars_exclude=True)]
         return LARS([g for g in groups if g["params"]], lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"optim.name '{name}' is not one of sgd, lars")
+    raise ConfigError(f"optim.name '{name}' is not one of sgd, lars")

@@ -2,7 +2,6 @@
 wrap them for multi-view training (data/multiview.py) or deterministic evaluation."""
 import os
 
-import torch
 from torch.utils.data import DataLoader, Subset
 
 from common import dist
@@ -63,6 +62,3 @@ def build_eval_loader(images, cfg, batch_size, device, shard=True):
     kw.pop("persistent_workers", None)  # evaluated rarely; don't keep idle workers around
     return DataLoader(ds, batch_size=batch_size, shuffle=False, drop_last=False, **kw)
 
-
-def labels_tensor(images):
-    return torch.tensor(images.targets, dtype=torch.long)

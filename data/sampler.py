@@ -10,6 +10,8 @@ batches that a resumed run has already trained on.
 import torch
 from torch.utils.data import Sampler
 
+from common.config import ConfigError
+
 
 class EpochSampler(Sampler):
     def __init__(self, n, local_batch, world_size=1, rank=0, seed=0, shuffle=True):
@@ -17,7 +19,7 @@ class EpochSampler(Sampler):
         self.seed, self.shuffle = seed, shuffle
         self.steps_per_epoch = n // (local_batch * world_size)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"dataset of {n} images is smaller than one global batch "
+            raise ConfigError(f"dataset of {n} images is smaller than one global batch "
                              f"({local_batch} x {world_size} ranks); lower train.batch_size")
         self.epoch, self.skip = 0, 0
 

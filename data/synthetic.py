@@ -13,6 +13,8 @@ loader workers and machines, and nothing is stored.
 import numpy as np
 import torch
 
+from common.config import ConfigError
+
 SHAPES = ["disk", "square", "triangle", "ring", "plus", "hstripes", "vstripes",
           "checker", "dstripes", "cross"]
 
@@ -72,7 +74,7 @@ class SyntheticImages:
 
     def __init__(self, size, split=0, seed=0, image_size=32, num_classes=10):
         if num_classes > len(SHAPES):
-            raise ValueError(f"data.synthetic_classes must be <= {len(SHAPES)}, got {num_classes}")
+            raise ConfigError(f"data.synthetic_classes must be <= {len(SHAPES)}, got {num_classes}")
         self.n, self.split, self.seed = size, split, seed
         self.image_size, self.num_classes = image_size, num_classes
         self.targets = [i % num_classes for i in range(size)]

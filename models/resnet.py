@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
+from common.config import ConfigError
+
 ARCHS = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
@@ -24,7 +26,7 @@ class ResNet(nn.Module):
     def __init__(self, arch="resnet50", width=64, cifar_stem=False, zero_init_residual=False):
         super().__init__()
         if arch not in ARCHS:
-            raise ValueError(f"model.arch '{arch}' is not one of {sorted(ARCHS)}")
+            raise ConfigError(f"model.arch '{arch}' is not one of {sorted(ARCHS)}")
         block, layers = ARCHS[arch]
         self.arch, self.inplanes = arch, width
         if cifar_stem:  # 32 px images: keep the full resolution into stage 1

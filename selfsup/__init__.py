@@ -3,6 +3,8 @@ package named ssl would shadow Python's standard ssl module and break HTTPS down
 `import torchvision.datasets`.)"""
 import copy
 
+from common.config import ConfigError
+
 from selfsup import simsiam  # noqa: F401  (registers itself)
 from selfsup.registry import METHODS
 
@@ -17,6 +19,6 @@ def method_defaults():
 
 def build_method(method_cfg, backbone):
     if method_cfg.name not in METHODS:
-        raise ValueError(f"method.name '{method_cfg.name}' is not one of {sorted(METHODS)}")
+        raise ConfigError(f"method.name '{method_cfg.name}' is not one of {sorted(METHODS)}")
     cls, _ = METHODS[method_cfg.name]
     return cls(backbone, method_cfg[method_cfg.name])
