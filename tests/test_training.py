@@ -61,6 +61,10 @@ def test_two_rank_first_update_equals_single_process(tmp_path):
     m1 = [r for r in read_metrics(outs[1]) if "loss" in r][0]
     m2 = [r for r in read_metrics(outs[2]) if "loss" in r][0]
     assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-5)
+    assert m1["train_pflops"] == pytest.approx(m2["train_pflops"], rel=1e-6)  # ledger sums the ranks
+    # kNN with features extracted by 2 ranks (each half of the images) equals the 1-rank value
+    k1, k2 = (read_metrics(outs[n])[0]["knn_top1"] for n in (1, 2))
+    assert k1 == pytest.approx(k2, abs=1e-6)
     # the update is not trivially zero: the weights moved away from the seeded initialisation
     import selfsup
     from models.resnet import build_backbone
@@ -82,6 +86,22 @@ def test_linear_eval_on_a_tiny_checkpoint(tiny_run):
         assert 0 <= res["top1"] <= res["top5"] <= 100 and 0 <= res["knn_top1"] <= 100
     run(["linear_eval.py", "--checkpoint", ckpt, "eval.epochs=1", "eval.batch_size=32", "eval.augment=false",
          "eval.feature=block2"])
+
+
+def test_linear_eval_two_ranks_equal_one(tiny_run, tmp_path):
+    import shutil
+    results = {}
+    for n in (1, 2):
+        d = tmp_path / f"r{n}"
+        d.mkdir()
+        shutil.copy(os.path.join(tiny_run, "checkpoint.pt"), d / "checkpoint.pt")
+        run(["linear_eval.py", "--checkpoint", str(d / "checkpoint.pt"), "eval.epochs=3", "eval.batch_size=32",
+             "eval.augment=false", "eval.optimizer=sgd", "eval.lr=1.0"], nproc=n)
+        with open(d / "linear_eval.json") as f:
+            results[n] = json.load(f)
+    assert results[1]["knn_top1"] == pytest.approx(results[2]["knn_top1"])
+    assert results[1]["top1"] == pytest.approx(results[2]["top1"])
+    assert results[1]["top5"] == pytest.approx(results[2]["top5"])
 
 
 def test_linear_eval_detects_a_backbone_that_changed(tiny_run, monkeypatch):
