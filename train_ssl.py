@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import selfsup
-from accel import schedules
+from accel import hard_augment, progressive, schedules
 from common import checkpoint, dist
 from common.config import DEFAULTS, ConfigError, diff_configs, load_config, save_config
 from common.flops import FlopLedger
@@ -27,6 +27,7 @@ from common.logger import RunLogger
 from common.optim import build_optimizer
 from data import DataError, build_eval_loader, build_images, build_train_loader
 from data.augment import DeviceAugment
+from data.multiview import sample_generator
 from evaluation.knn import knn_top1
 from models.batchnorm import convert_sync_bn
 from models.resnet import build_backbone
@@ -55,6 +56,10 @@ def check_config(cfg, world):
         raise ConfigError(f"train.amp '{cfg.train.amp}' is not one of {sorted(AMP_DTYPES)}")
     if cfg.optim.lr_scaling not in ("linear", "none"):
         raise ConfigError(f"optim.lr_scaling '{cfg.optim.lr_scaling}' is not one of linear, none")
+    ha = cfg.accel.hard_augment
+    if ha.enabled and (ha.views < 2 or ha.selection not in ("hard", "easy", "random")):
+        raise ConfigError(f"accel.hard_augment needs views >= 2 and selection hard|easy|random; "
+                          f"got views={ha.views}, selection={ha.selection!r}")
     if cfg.data.crop_size <= 0:
         raise ConfigError(f"data.crop_size must be positive, got {cfg.data.crop_size}")
 
@@ -75,7 +80,9 @@ def main(cfg):
 
     # ---- data: crops in loader workers, photometric operations on the device
     train_images, val_images, num_classes = build_images(cfg.data, cfg.train.seed)
-    loader, sampler = build_train_loader(train_images, cfg, local_batch, device)
+    ha = cfg.accel.hard_augment
+    loader, sampler = build_train_loader(train_images, cfg, local_batch, device,
+                                         num_views=ha.views if ha.enabled else cfg.data.num_views)
     knn_train_loader = build_eval_loader(train_images, cfg, cfg.knn.batch_size, device)
     knn_val_loader = build_eval_loader(val_images, cfg, cfg.knn.batch_size, device)
     augment = DeviceAugment(cfg.augment)
@@ -95,7 +102,10 @@ def main(cfg):
     total_steps = cfg.train.epochs * steps_per_epoch
     lr = cfg.optim.lr * (cfg.train.batch_size / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
     optimizer = build_optimizer(cfg.optim.name, model.param_groups(), lr, cfg.optim.momentum, cfg.optim.weight_decay)
-    lr_schedule = schedules.build_lr_schedule(cfg.optim, total_steps, steps_per_epoch, lr)
+    lr_schedule, momentum_schedule = schedules.build_lr_schedule(cfg.optim, total_steps, steps_per_epoch, lr)
+    warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    res_schedule, mag_schedule = progressive.build_progressive(cfg.accel.progressive, total_steps, warmup_steps,
+                                                               resolution, cfg.augment.magnitude)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     ledger = FlopLedger()
 
@@ -162,11 +172,21 @@ def main(cfg):
         for batch in loader:
             for g in optimizer.param_groups:
                 g["lr"] = (lr if g.get("fix_lr") else float(lr_schedule[step])) * g.get("lr_mult", 1.0)
+                if momentum_schedule is not None:  # F1-CLR / 1-cycle: anti-phased momentum
+                    g["momentum"] = float(momentum_schedule[step])
+            res, mag = int(res_schedule[step]), float(mag_schedule[step])
             views = augment(batch["views"].to(device, non_blocking=True), batch["rand"].to(device, non_blocking=True),
-                            cfg.augment.magnitude, resolution, cfg.train.channels_last)
-            with ledger.count(("train", resolution, len(views), local_batch)):
+                            mag, res, cfg.train.channels_last)
+            targets = None
+            if ha.enabled:  # Hard Augment: keep the hardest pair of views per sample
+                with ledger.count(("select", ha.r_sel, len(views), local_batch), kind="selection"):
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        views, targets, _ = hard_augment.select(
+                            model, views, ha.r_sel, ha.selection, ha.extra_targets,
+                            sample_generator(cfg.train.seed, step, dist.rank()))
+            with ledger.count(("train", res, len(views), local_batch, targets is not None)):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = ddp(views)["loss"]
+                    loss = ddp(views, targets=targets)["loss"]
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -181,8 +201,11 @@ def main(cfg):
                 mean_loss = dist.all_reduce_mean(loss_sum / window["steps"]).item()
                 elapsed = time.perf_counter() - window["t"]
                 metrics = {"epoch": step / steps_per_epoch, "loss": mean_loss, "lr": float(lr_schedule[step - 1]),
-                           "images_per_s": window["steps"] * cfg.train.batch_size / elapsed,
+                           "momentum": optimizer.param_groups[0]["momentum"], "resolution": res,
+                           "magnitude": mag, "images_per_s": window["steps"] * cfg.train.batch_size / elapsed,
                            "train_pflops": ledger.global_total("train") / 1e15}
+                if ha.enabled:
+                    metrics["selection_pflops"] = ledger.global_total("selection") / 1e15
                 logger.log(metrics, step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", ips=f"{metrics['images_per_s']:.0f}")
                 loss_sum.zero_()
@@ -206,7 +229,7 @@ def main(cfg):
     logger.log({"epoch": float(cfg.train.epochs), "knn_top1": knn_end, "knn_start": knn_start,
                 "train_pflops": ledger.global_total("train") / 1e15}, step)
     logger.print(f"kNN top-1: {knn_start:.2f}% at start -> {knn_end:.2f}% after {cfg.train.epochs} epochs "
-                 f"({ledger.global_total('train') / 1e15:.4f} training PFLOPs)")
+                 f"({ledger.global_total('train') / 1e15:.4g} training PFLOPs)")
     logger.close()
 
 

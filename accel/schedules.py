@@ -19,15 +19,58 @@ def warmup_cosine(total_steps, warmup_steps, lr_max, final=0.0, warmup_start=0.0
     return np.concatenate([warm, cosine(total_steps - warmup_steps, lr_max, final)])
 
 
+def _warm_cos(t, t_w):
+    """1/2 (cos(pi t / t_w) + 1): 1 at t = 0, 0 at t = t_w."""
+    return 0.5 * (np.cos(np.pi * t / t_w) + 1)
+
+
+def f1clr(total_steps, warmup_steps, lr_max, momentum_low=0.85, momentum_high=0.95):
+    """Fixed 1-cycle schedule, Eq. 8: (lr, momentum) arrays of length total_steps.
+    Warm-up of a fixed t_w steps, lr rising on a cosine window from 0 to lr_max while momentum
+    falls from momentum_high to momentum_low (anti-phased); then lr anneals to 0 on a cosine
+    over the remaining L - t_w steps while momentum rises back to momentum_high. Only the
+    annealing phase stretches with training length."""
+    t_w = int(min(max(warmup_steps, 1), total_steps))
+    t = np.arange(total_steps, dtype=np.float64)
+    warm, anneal = t < t_w, t >= t_w
+    lr, mom = np.empty(total_steps), np.empty(total_steps)
+    lr[warm] = lr_max - lr_max * _warm_cos(t[warm], t_w)
+    mom[warm] = momentum_low + (momentum_high - momentum_low) * _warm_cos(t[warm], t_w)
+    c = _warm_cos(t[anneal] - t_w, max(total_steps - t_w, 1))
+    lr[anneal] = lr_max * c
+    mom[anneal] = momentum_high - (momentum_high - momentum_low) * c
+    return lr, mom
+
+
+def one_cycle(total_steps, lr_max, pct=0.3, momentum_low=0.85, momentum_high=0.95):
+    """1-cycle schedule, Eq. 7: F1-CLR whose first phase is a fraction rho = pct of training."""
+    return f1clr(total_steps, int(round(pct * total_steps)), lr_max, momentum_low, momentum_high)
+
+
+def polynomial(total_steps, lr_max, power=2.0, warmup_steps=0, final=0.0):
+    """Linear warm-up, then lr_t = final + (lr_max - final) (1 - s)^power over the rest (s in [0, 1))."""
+    warmup_steps = int(min(warmup_steps, total_steps))
+    warm = lr_max * np.arange(warmup_steps) / max(warmup_steps, 1)
+    s = np.arange(total_steps - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return np.concatenate([warm, final + (lr_max - final) * (1 - s) ** power])
+
+
 def constant(total_steps, value):
     return np.full(total_steps, float(value))
 
 
 def build_lr_schedule(optim_cfg, total_steps, steps_per_epoch, lr_max):
-    """The learning-rate array named by optim.schedule."""
+    """(lr array, momentum array or None) for optim.schedule. None: momentum stays optim.momentum."""
     warmup = int(round(optim_cfg.warmup_epochs * steps_per_epoch))
-    if optim_cfg.schedule == "cosine":
-        return warmup_cosine(total_steps, warmup, lr_max, optim_cfg.final_lr)
-    if optim_cfg.schedule == "constant":
-        return constant(total_steps, lr_max)
-    raise ConfigError(f"optim.schedule '{optim_cfg.schedule}' is not one of cosine, constant")
+    name = optim_cfg.schedule
+    if name == "cosine":
+        return warmup_cosine(total_steps, warmup, lr_max, optim_cfg.final_lr), None
+    if name == "constant":
+        return constant(total_steps, lr_max), None
+    if name == "poly":
+        return polynomial(total_steps, lr_max, optim_cfg.poly_power, warmup, optim_cfg.final_lr), None
+    if name == "f1clr":
+        return f1clr(total_steps, warmup, lr_max, optim_cfg.momentum_low, optim_cfg.momentum_high)
+    if name == "onecycle":
+        return one_cycle(total_steps, lr_max, optim_cfg.onecycle_pct, optim_cfg.momentum_low, optim_cfg.momentum_high)
+    raise ConfigError(f"optim.schedule '{name}' is not one of cosine, constant, poly, f1clr, onecycle")

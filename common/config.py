@@ -70,9 +70,40 @@ DEFAULTS = {
         "lr_scaling": "linear",       # linear: lr x global_batch / 256 (SimSiam, MoCo); none: as given
         "momentum": 0.9,
         "weight_decay": 1e-4,
-        "schedule": "cosine",         # cosine (WACV Eq. 5; Eq. 6 with warmup_epochs > 0) | constant
+        # cosine: WACV'23 Eq. 5 (Eq. 6 with warmup_epochs > 0) | constant | poly (warm-up, then
+        # (1 - s)^poly_power) | f1clr: Eq. 8, warm-up of warmup_epochs, anti-phased momentum |
+        # onecycle: Eq. 7, first phase onecycle_pct of training (accel/schedules.py)
+        "schedule": "cosine",
         "warmup_epochs": 0.0,
         "final_lr": 0.0,
+        "momentum_low": 0.85,         # f1clr / onecycle: momentum falls to this while lr peaks
+        "momentum_high": 0.95,
+        "onecycle_pct": 0.3,
+        "poly_power": 2.0,
+    },
+    "accel": {
+        # WACV'23 Super Progressive Learning (accel/progressive.py): resolution and colour
+        # magnitude follow per-step schedules. super: full resolution (data.crop_size) during the
+        # lr warm-up (optim.warmup_epochs), then r_min rising in multiples of `step` to
+        # data.crop_size as the inverse of the F1-CLR annealing; plain: the same rise from step 0
+        # in equal stages (Progressive Learning, Fig. 3 right); none: fixed.
+        "progressive": {
+            "mode": "none",
+            "r_min": 96,
+            "step": 32,
+            "m_min": 4.0,
+            "m_max": 6.0,
+        },
+        # WACV'23 Hard Augment (accel/hard_augment.py): `views` views per image; a no-grad pass at
+        # r_sel ranks the views(views-1)/2 pairs by the method's per-sample loss; the hardest pair
+        # per sample is trained on at the current resolution (Eq. 10).
+        "hard_augment": {
+            "enabled": False,
+            "views": 6,
+            "r_sel": 64,
+            "selection": "hard",      # hard | easy | random (random is the control)
+            "extra_targets": False,   # Table 9: the unselected low-resolution views as extra targets
+        },
     },
     "train": {
         "epochs": 100,

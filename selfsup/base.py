@@ -42,12 +42,16 @@ class SSLMethod(nn.Module):
     def pair_loss(self, a, b):
         raise NotImplementedError
 
-    def forward(self, views, pairs=None):
+    def forward(self, views, pairs=None, targets=None):
+        """Mean loss over `pairs` of views (default: all pairs) and, when given, over every
+        (view, target) pair: targets are per-view outputs computed elsewhere without gradient
+        (Hard Augment's extra targets)."""
         outs = self.embed(views)
         if pairs is None:
             pairs = list(itertools.combinations(range(len(views)), 2))
-        loss = torch.stack([self.pair_loss(outs[i], outs[j]).mean() for i, j in pairs]).mean()
-        return {"loss": loss}
+        terms = [self.pair_loss(outs[i], outs[j]).mean() for i, j in pairs]
+        terms += [self.pair_loss(out, t).mean() for out in outs for t in (targets or [])]
+        return {"loss": torch.stack(terms).mean()}
 
     def param_groups(self):
         """Optimizer parameter groups. A group with fix_lr=True keeps the base learning rate

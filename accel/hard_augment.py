@@ -1,0 +1,98 @@
+"""Hard Augment (WACV'23 sec. 3.3, Eq. 10-11, Algorithm 1): of n views per image, train on the
+pair with the highest loss.
+
+A no-grad selection pass embeds every view down-sampled to r_sel, computes the method's
+per-sample loss for each of the n(n-1)/2 pairs (`method.pair_loss`, so any method in selfsup/
+works, not only SimSiam), and per sample picks the argmax pair (Eq. 10); those two views are then
+trained on at the current resolution, so only they enter the backward pass. `random` picks a
+random pair instead (the control), and `extra_targets` adds the unselected low-resolution views
+as targets of the selected ones (Table 9's comparison with multi-crop).
+
+The selection pass runs the network in training mode, as the paper's pseudo-code does (batch
+statistics in BatchNorm), but leaves the BN running statistics untouched: they describe the
+training views, not the down-sampled ones.
+"""
+import contextlib
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def all_pairs(n):
+    return list(itertools.combinations(range(n), 2))
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(module):
+    saved = []
+    for m in module.modules():
+        if isinstance(m, _BatchNorm) and m.track_running_stats:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.momentum = 0.0  # running = (1 - 0) running + 0 batch
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
+@torch.no_grad()
+def pair_losses(method, views, r_sel):
+    """Per-sample losses of all view pairs at resolution r_sel: ([B, P] tensor, pairs, outputs)."""
+    small = [F.interpolate(v, size=(r_sel, r_sel), mode="bilinear", antialias=True, align_corners=False)
+             if v.shape[-1] != r_sel else v for v in views]
+    with frozen_bn_statistics(method):
+        outs = method.embed(small)
+    pairs = all_pairs(len(views))
+    losses = torch.stack([method.pair_loss(outs[i], outs[j]).float() for i, j in pairs], 1)
+    return losses, pairs, outs
+
+
+def choose(losses, selection="hard", generator=None):
+    """Index of the chosen pair per sample: argmax of the loss (hard), argmin (easy) or random."""
+    if selection == "hard":
+        return losses.argmax(1)
+    if selection == "easy":
+        return losses.argmin(1)
+    if selection == "random":
+        return torch.randint(losses.shape[1], (losses.shape[0],), generator=generator).to(losses.device)
+    raise ValueError(f"accel.hard_augment.selection '{selection}' is not one of hard, easy, random")
+
+
+def gather_pair(views, pairs, choice):
+    """The two chosen views of every sample: [view_a, view_b], each [B, ...]."""
+    idx = torch.tensor(pairs, device=choice.device)[choice]  # [B, 2]
+    stacked = torch.stack(views)                              # [V, B, ...]
+    b = torch.arange(choice.shape[0], device=choice.device)
+    return [stacked[idx[:, 0], b], stacked[idx[:, 1], b]]
+
+
+def gather_others(outs, pairs, choice):
+    """Per-view outputs of the n - 2 views each sample did not choose (extra targets)."""
+    n, bsz = len(outs), choice.shape[0]
+    chosen = torch.tensor(pairs, device=choice.device)[choice]
+    keep = torch.ones(bsz, n, dtype=torch.bool, device=choice.device)
+    keep[torch.arange(bsz, device=choice.device)[:, None], chosen] = False
+    others = keep.nonzero()[:, 1].view(bsz, n - 2)            # ascending view indices per sample
+    b = torch.arange(bsz, device=choice.device)
+    return [_gather_view(outs, others[:, k], b) for k in range(n - 2)]
+
+
+def _gather_view(outs, view_idx, b):
+    """Sample b's output of view view_idx[b]; outputs are tensors or tuples of tensors."""
+    if isinstance(outs[0], (tuple, list)):
+        return type(outs[0])(torch.stack([o[i] for o in outs])[view_idx, b] for i in range(len(outs[0])))
+    return torch.stack(outs)[view_idx, b]
+
+
+def select(method, views, r_sel, selection="hard", extra_targets=False, generator=None):
+    """Views to train on (the chosen pair) and extra targets (or None), plus the mean loss of the
+    chosen pairs at r_sel for logging. `method` is the unwrapped module (not DDP)."""
+    losses, pairs, outs = pair_losses(method, views, r_sel)
+    choice = choose(losses, selection, generator)
+    targets = gather_others(outs, pairs, choice) if extra_targets and len(views) > 2 else None
+    picked = losses.gather(1, choice[:, None]).mean()
+    return gather_pair(views, pairs, choice), targets, picked
