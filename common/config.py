@@ -125,6 +125,17 @@ DEFAULTS = {
         "every_epochs": 0,            # online kNN every N epochs (0: only at start and end)
         "batch_size": 256,
     },
+    "lr_finder": {
+        # lr_finder.py: the LR range test (Smith; WACV'23 supplementary C): the learning rate rises
+        # exponentially from lr_start to lr_end over `steps` steps (absolute values, not per 256).
+        "lr_start": 1e-3,
+        "lr_end": 1.0,
+        "steps": 200,
+        "val_samples": 4096,          # fixed held-out batch (views fixed once) for the validation loss
+        "smoothing": 0.9,             # EMA factor of the smoothed curves
+        "diverge_factor": 4.0,        # stop once the smoothed training loss exceeds its best by (factor - 1) |best|,
+        "diverge_margin": 0.5,        # ... and by at least this much (SSL losses can be negative)
+    },
     "eval": {
         # linear_eval.py: a linear classifier on the frozen backbone. Defaults: the protocol of the
         # WACV'23 paper / SimSiam (LARS, batch 2048, lr 0.1 x 2048/256 = 0.8, 90 epochs, cosine).

@@ -1,0 +1,60 @@
+"""Minimal PNG line plots with Pillow (already a torchvision dependency), so the project needs
+no plotting library: LR-finder curves and similar diagnostics."""
+import math
+
+from PIL import Image, ImageDraw
+
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+
+
+def _ticks(lo, hi, log):
+    if log:
+        return [10.0 ** e for e in range(math.floor(lo), math.ceil(hi) + 1) if lo <= e <= hi]
+    step = 10 ** math.floor(math.log10(max(hi - lo, 1e-12)))
+    if (hi - lo) / step < 4:
+        step /= 2
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step) + 1)]
+
+
+def line_plot(path, series, title="", xlabel="", ylabel="", logx=False, vlines=(), size=(720, 440)):
+    """series: {label: (xs, ys)}; vlines: [(x, label)]. Non-finite points are skipped."""
+    w, h = size
+    left, right, top, bottom = 70, 20, 30, 50
+    pts = {k: [(x, y) for x, y in zip(*v) if math.isfinite(y) and (x > 0 or not logx)] for k, v in series.items()}
+    allp = [p for v in pts.values() for p in v]
+    if not allp:
+        raise ValueError("nothing finite to plot")
+    fx = (lambda x: math.log10(x)) if logx else (lambda x: x)
+    x0, x1 = min(fx(p[0]) for p in allp), max(fx(p[0]) for p in allp)
+    y0, y1 = min(p[1] for p in allp), max(p[1] for p in allp)
+    if x1 == x0:
+        x1 += 1
+    if y1 == y0:
+        y1 += 1
+    sx = lambda x: left + (fx(x) - x0) / (x1 - x0) * (w - left - right)  # noqa: E731
+    sy = lambda y: h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)  # noqa: E731
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    for t in _ticks(x0, x1, logx):
+        x = sx(t)
+        d.line([x, h - bottom, x, h - bottom + 4], fill="black")
+        d.text((x - 12, h - bottom + 6), f"{t:g}", fill="black")
+    for t in _ticks(y0, y1, False):
+        y = sy(t)
+        d.line([left - 4, y, left, y], fill="black")
+        d.text((5, y - 6), f"{t:.3g}", fill="black")
+    for i, (label, p) in enumerate(pts.items()):
+        c = COLOURS[i % len(COLOURS)]
+        if len(p) > 1:
+            d.line([(sx(x), sy(y)) for x, y in p], fill=c, width=2)
+        d.text((left + 10, top + 5 + 14 * i), label, fill=c)
+    for x, label in vlines:
+        if (x > 0 or not logx) and x0 <= fx(x) <= x1:
+            d.line([sx(x), top, sx(x), h - bottom], fill=(120, 120, 120))
+            d.text((sx(x) + 3, top + 2), label, fill=(80, 80, 80))
+    d.text((left, 8), title, fill="black")
+    d.text(((w - len(xlabel) * 6) / 2, h - 18), xlabel, fill="black")
+    d.text((5, 8), ylabel, fill="black")
+    img.save(path)

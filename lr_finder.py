@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""LR range test (Smith 2017; WACV'23 supplementary C) for any train_ssl.py config.
+
+    python lr_finder.py --config yaml/imagenette_simsiam.yaml data.root=/data/imagenette2
+    python lr_finder.py lr_finder.steps=100 lr_finder.val_samples=512     # quickstart data, CPU
+
+The learning rate rises exponentially from lr_finder.lr_start to lr_finder.lr_end (default 1e-3
+to 1 in 200 steps). At every step the training loss and the method's loss on a fixed held-out
+batch (views drawn once) are recorded and smoothed; the test stops early once the training loss
+diverges. Suggested range: min = where the smoothed validation loss has made 10 % of its total
+drop (it "starts to decrease"), max = where it is lowest (past it, it starts to diverge).
+Writes OUTPUT_DIR/lr_finder.csv, lr_finder.png and lr_finder.json.
+"""
+import csv
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import selfsup
+from accel.hard_augment import frozen_bn_statistics
+from common import dist
+from common.config import ConfigError
+from common.optim import build_optimizer
+from common.plot import line_plot
+from data import DataError, build_images, build_train_loader
+from data.augment import DeviceAugment
+from models.resnet import build_backbone
+from train_ssl import parse_config
+
+
+def exponential_lrs(lr_start, lr_end, steps):
+    """lr_t = lr_start (lr_end / lr_start)^(t / (steps - 1))."""
+    return lr_start * (lr_end / lr_start) ** (np.arange(steps) / max(steps - 1, 1))
+
+
+def ema(values, beta):
+    """Bias-corrected exponential moving average (as in Adam)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta ** (i + 1)))
+    return np.array(out)
+
+
+def diverged(smoothed, factor, margin):
+    """The smoothed loss is not finite, or above its best by (factor - 1) |best| (at least
+    `margin`: SSL losses such as SimSiam's are negative and bounded)."""
+    best, now = float(np.min(smoothed)), float(smoothed[-1])
+    if not math.isfinite(now):
+        return True
+    return now > best + max(margin, (factor - 1) * abs(best))
+
+
+def suggest(lrs, smoothed_val):
+    """(min_lr, max_lr): where the smoothed validation loss has made 10 % of its drop, and its minimum."""
+    lrs, v = np.asarray(lrs), np.asarray(smoothed_val)
+    i_min = int(np.nanargmin(v))
+    drop = v[0] - v[i_min]
+    i_start = int(np.argmax(v[: i_min + 1] <= v[0] - 0.1 * drop)) if drop > 0 else 0
+    return float(lrs[i_start]), float(lrs[i_min])
+
+
+def range_test(train_step, val_loss, lrs, beta=0.9, factor=4.0, margin=0.5):
+    """Run train_step(lr) -> loss and val_loss() -> loss for each lr until the training loss
+    diverges. Returns dict of lists: lr, train, val, train_smooth, val_smooth."""
+    rec = {"lr": [], "train": [], "val": []}
+    for lr in lrs:
+        rec["lr"].append(float(lr))
+        rec["train"].append(float(train_step(float(lr))))
+        rec["val"].append(float(val_loss()))
+        if len(rec["lr"]) >= 10 and diverged(ema(rec["train"], beta), factor, margin):
+            break
+    rec["train_smooth"] = ema(rec["train"], beta).tolist()
+    rec["val_smooth"] = ema(rec["val"], beta).tolist()
+    return rec
+
+
+def main(cfg):
+    device = dist.init_distributed(cfg.train.device)
+    world, lf = dist.world_size(), cfg.lr_finder
+    if cfg.train.batch_size % world:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world} ranks")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    local_batch = cfg.train.batch_size // world
+
+    train_images, val_images, _ = build_images(cfg.data, cfg.train.seed)
+    loader, sampler = build_train_loader(train_images, cfg, local_batch, device)
+    augment = DeviceAugment(cfg.augment)
+    resolution = cfg.augment.resolution or cfg.data.crop_size
+    # the fixed held-out batch: views of the first val_samples validation images, drawn once
+    n_val = min(lf.val_samples, len(val_images)) // world
+    val_loader, val_sampler = build_train_loader(val_images, cfg, max(1, n_val), device)
+    val_sampler.shuffle = False
+    val_batch = next(iter(val_loader))
+    val_views = augment(val_batch["views"].to(device), val_batch["rand"].to(device), cfg.augment.magnitude, resolution)
+
+    model = selfsup.build_method(cfg.method, build_backbone(cfg.model)).to(device)
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    optimizer = build_optimizer(cfg.optim.name, model.param_groups(), lf.lr_start, cfg.optim.momentum,
+                                cfg.optim.weight_decay)
+    batches = iter(())
+    epoch = 0
+
+    def train_step(lr):
+        nonlocal batches, epoch
+        batch = next(batches, None)
+        if batch is None:
+            sampler.set_epoch(epoch)
+            epoch += 1
+            batches = iter(loader)
+            batch = next(batches)
+        for g in optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_mult", 1.0)
+        views = augment(batch["views"].to(device), batch["rand"].to(device), cfg.augment.magnitude, resolution)
+        loss = ddp(views)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return dist.all_reduce_mean(loss.detach().float().view(1)).item()
+
+    @torch.no_grad()
+    def val_loss():
+        # batch statistics, as in training, without moving the BN running statistics
+        with frozen_bn_statistics(model):
+            loss = model(val_views)["loss"].float().view(1)
+        return dist.all_reduce_mean(loss).item()
+
+    lrs = exponential_lrs(lf.lr_start, lf.lr_end, lf.steps)
+    rec = range_test(train_step, val_loss, lrs, lf.smoothing, lf.diverge_factor, lf.diverge_margin)
+    lo, hi = suggest(rec["lr"], rec["val_smooth"])
+    if dist.is_main():
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        base = os.path.join(cfg.output_dir, "lr_finder")
+        with open(base + ".csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "lr", "train_loss", "val_loss", "train_smooth", "val_smooth"])
+            for i in range(len(rec["lr"])):
+                w.writerow([i, rec["lr"][i], rec["train"][i], rec["val"][i], rec["train_smooth"][i], rec["val_smooth"][i]])
+        with open(base + ".json", "w") as f:
+            json.dump({"min_lr": lo, "max_lr": hi, "steps_run": len(rec["lr"]), "steps": lf.steps,
+                       "stopped_early": len(rec["lr"]) < lf.steps}, f, indent=1)
+        line_plot(base + ".png", {"train (smoothed)": (rec["lr"], rec["train_smooth"]),
+                                  "validation (smoothed)": (rec["lr"], rec["val_smooth"])},
+                  title=f"LR range test: {cfg.method.name}, {train_images.description}", xlabel="learning rate",
+                  ylabel="loss", logx=True, vlines=[(lo, "min"), (hi, "max")])
+        print(f"suggested learning rate range: {lo:.3g} to {hi:.3g} (absolute, at batch {cfg.train.batch_size}); "
+              f"{len(rec['lr'])}/{lf.steps} steps; wrote {base}.csv/.png/.json")
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_config(sys.argv[1:]))
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        dist.cleanup()
