@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Do the WACV'23 accelerations save wall time in proportion to the FLOPs they save?
+
+Runs train_ssl.py twice, side by side in one invocation, at CPU scale on CIFAR-10 (the
+ImageFolder copy beside the repo; the synthetic set if it is absent): the baseline setting
+(cosine, 2 views at full resolution, magnitude 5) and the efficient one (F1-CLR with
+anti-phased momentum, Super Progressive Learning, Hard Augment), scaled down from Table 10.
+Prints training PFLOPs (training + selection passes), training wall time, kNN top-1, the FLOP
+and wall-clock speed-ups, and their ratio (1 = the wall clock follows the FLOPs).
+
+    python benchmarks/wacv_efficiency.py                   # ~6 min on 2 CPU cores
+    python benchmarks/wacv_efficiency.py --epochs 20 --per-class 1000
+
+Scale mapping from Table 10 (224 px): r_min 96 -> 16 px of 32 (stages of 8 px), r_sel 64 ->
+16 px, efficient length 480/800 = 0.6 of the baseline epochs, warm-up 80/480 of it.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from accel import cost, progressive  # noqa: E402
+
+CIFAR10 = os.path.join(REPO, "..", "shared", "datasets", "cifar10")
+
+
+def common_args(args):
+    if os.path.isdir(os.path.join(CIFAR10, "train")):
+        data = ["--config", "yaml/cifar10_simsiam_cpu.yaml", f"data.root={CIFAR10}",
+                f"data.subset_per_class={args.per_class}", f"data.val_subset_per_class={args.per_class // 5}"]
+    else:
+        data = [f"data.synthetic_train_size={10 * args.per_class}"]
+    return data + [f"model.width={args.width}", "train.batch_size=128", "knn.every_epochs=0",
+                   "train.log_every=5", "train.ckpt_every_steps=0", f"train.threads={args.threads}"]
+
+
+SETTINGS = {
+    "baseline": lambda e: [f"train.epochs={e}", "optim.schedule=cosine", "augment.magnitude=5.0"],
+    "efficient": lambda e: [f"train.epochs={max(1, round(0.6 * e))}", "optim.schedule=f1clr",
+                            f"optim.warmup_epochs={round(0.6 * e) / 6:.3f}", "optim.lr=0.24",
+                            "accel.progressive.mode=super", "accel.progressive.r_min=16",
+                            "accel.progressive.step=8", "accel.hard_augment.enabled=true",
+                            "accel.hard_augment.views=6", "accel.hard_augment.r_sel=16"],
+}
+
+
+def run_setting(name, args):
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "train_ssl.py"] + common_args(args) + SETTINGS[name](args.epochs) + [f"output_dir={out}"]
+        subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+    train = [r for r in rows if "loss" in r]
+    start = rows[0]["time"]  # logged right after the start-of-run kNN, before the first step
+    last = train[-1]
+    resolutions = [r["resolution"] for r in train]
+    return {"pflops": last["train_pflops"] + last.get("selection_pflops", 0.0),
+            "selection": last.get("selection_pflops", 0.0), "wall": last["time"] - start,
+            "knn": rows[-1]["knn_top1"], "steps": last["step"], "resolutions": resolutions}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=10, help="baseline epochs (efficient: 0.6x)")
+    p.add_argument("--per-class", type=int, default=500)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    res = {name: run_setting(name, args) for name in SETTINGS}
+    b, e = res["baseline"], res["efficient"]
+    print(f"SimSiam, CIFAR-stem ResNet-18 width {args.width}, {args.per_class} images/class, batch 128, "
+          f"baseline {args.epochs} epochs, {args.threads} threads, device: cpu")
+    print(f"{'setting':<12}{'steps':>7}{'PFLOPs':>10}{'(select)':>10}{'wall s':>9}{'kNN %':>8}")
+    for name, r in res.items():
+        print(f"{name:<12}{r['steps']:>7}{r['pflops']:>10.4f}{r['selection']:>10.4f}{r['wall']:>9.1f}{r['knn']:>8.2f}")
+    flop_speedup, wall_speedup = b["pflops"] / e["pflops"], b["wall"] / e["wall"]
+    print(f"FLOP speed-up {flop_speedup:.2f}x, wall-clock speed-up {wall_speedup:.2f}x, "
+          f"wall / FLOP ratio {wall_speedup / flop_speedup:.2f}")
+    # analytical prediction: cost of a step proportional to r^2 (Eq. 9's assumption) plus the
+    # selection pass, n r_sel^2 / C relative to a step at r (Eq. 11)
+    steps_e, steps_b = e["steps"], b["steps"]
+    warm = round(steps_e / 6)
+    res, _ = progressive.super_progressive(steps_e, warm, 16, 32, 4.0, 6.0, step=8)
+    res_speedup = cost.resolution_speedup(res, 32)
+    ha = cost.hard_augment_overhead(32, 16, 6)  # relative to a step at r = 32
+    predicted = steps_b * 32 ** 2 / (np.sum(res.astype(float) ** 2) + steps_e * ha * 32 ** 2)
+    print(f"analytical: resolution schedule alone {res_speedup:.2f}x (Eq. 9 as printed: "
+          f"{cost.resolution_speedup_eq9(res, 32):.2f}x); Hard Augment overhead {100 * ha:.1f} % of a 32 px step "
+          f"(Eq. 11, C=6); predicted FLOP speed-up {predicted:.2f}x vs measured {flop_speedup:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
