@@ -14,12 +14,13 @@ import signal
 import sys
 import time
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import selfsup
-from accel import hard_augment, progressive, schedules
+from accel import cost, hard_augment, progressive, schedules
 from common import checkpoint, dist
 from common.config import DEFAULTS, ConfigError, diff_configs, load_config, save_config
 from common.flops import FlopLedger
@@ -62,6 +63,20 @@ def check_config(cfg, world):
                           f"got views={ha.views}, selection={ha.selection!r}")
     if cfg.data.crop_size <= 0:
         raise ConfigError(f"data.crop_size must be positive, got {cfg.data.crop_size}")
+
+
+def speedup_vs_full_resolution(ledger, res_schedule, r_max, local_batch, ha):
+    """Cost of the run against the same steps at full resolution with 2 views, measured (ledger)
+    and analytical (WACV'23 Eq. 9's r^2 cost, Eq. 11's selection overhead with C = 6). Empty when
+    the run has no accelerated steps or never ran a 2-view full-resolution step to measure."""
+    full = ledger.flops_of(("train", r_max, 2, local_batch, False))
+    if full is None or (np.all(res_schedule == r_max) and not ha.enabled):
+        return {}
+    spent = ledger.local["train"] + ledger.local["selection"]
+    r2 = np.asarray(res_schedule, dtype=np.float64) ** 2
+    selection = len(r2) * cost.hard_augment_overhead(r_max, ha.r_sel, ha.views) * r_max ** 2 if ha.enabled else 0.0
+    return {"measured_speedup": len(r2) * full / spent,
+            "analytic_speedup": len(r2) * r_max ** 2 / (r2.sum() + selection)}
 
 
 def main(cfg):
@@ -226,8 +241,10 @@ def main(cfg):
     bar.close()
 
     knn_end = knn()
-    logger.log({"epoch": float(cfg.train.epochs), "knn_top1": knn_end, "knn_start": knn_start,
-                "train_pflops": ledger.global_total("train") / 1e15}, step)
+    summary = {"epoch": float(cfg.train.epochs), "knn_top1": knn_end, "knn_start": knn_start,
+               "train_pflops": ledger.global_total("train") / 1e15}
+    summary.update(speedup_vs_full_resolution(ledger, res_schedule, resolution, local_batch, ha))
+    logger.log(summary, step)
     logger.print(f"kNN top-1: {knn_start:.2f}% at start -> {knn_end:.2f}% after {cfg.train.epochs} epochs "
                  f"({ledger.global_total('train') / 1e15:.4g} training PFLOPs)")
     logger.close()

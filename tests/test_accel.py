@@ -164,3 +164,6 @@ def test_train_ssl_follows_the_schedules_and_counts_selection(tmp_path):
     assert rows[-1]["selection_pflops"] > 0
     # the selection pass at 16 px over 4 views costs less than a training step at 32 px
     assert rows[-1]["selection_pflops"] < rows[-1]["train_pflops"]
+    end = read_metrics(out)[-1]   # measured and analytical cost against full resolution, 2 views
+    assert end["measured_speedup"] > 1 and end["analytic_speedup"] > 1
+    assert end["measured_speedup"] == pytest.approx(end["analytic_speedup"], rel=0.1)
