@@ -174,7 +174,7 @@ def main(cfg):
         logger.print(f"{ckpt_path} is already at the last step ({total_steps}); nothing to train")
         return
 
-    # SIGTERM (pre-emption, scancel): finish the step, write the checkpoint, exit.
+    # SIGTERM (pre-emption, scancel): at the next logging step, write the checkpoint and exit.
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
 
@@ -212,7 +212,11 @@ def main(cfg):
             window["steps"] += 1
             bar.update(1)
 
+            stop_requested = False
             if step % cfg.train.log_every == 0 or step == total_steps:
+                # ranks may see SIGTERM a step apart: agree on stopping here, where all ranks meet
+                flag = torch.tensor([float(stop["requested"])], device=device)
+                stop_requested = dist.all_reduce_sum(flag).item() > 0
                 mean_loss = dist.all_reduce_mean(loss_sum / window["steps"]).item()
                 elapsed = time.perf_counter() - window["t"]
                 metrics = {"epoch": step / steps_per_epoch, "loss": mean_loss, "lr": float(lr_schedule[step - 1]),
@@ -227,7 +231,7 @@ def main(cfg):
                 window.update(t=time.perf_counter(), steps=0)
             if cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0:
                 save(epoch)
-            if step == cfg.train.stop_at_step or stop["requested"]:
+            if step == cfg.train.stop_at_step or stop_requested:
                 save(epoch)
                 bar.close()
                 logger.print(f"stopped at step {step}; re-run the same command to resume")

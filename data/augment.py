@@ -23,6 +23,7 @@ R_JITTER, R_BRIGHT, R_CONTRAST, R_SAT, R_HUE, R_GRAY, R_BLUR, R_SOLAR = range(8)
 
 _GRAY = torch.tensor([0.299, 0.587, 0.114])
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
 
 
 def _gray(x):
@@ -41,8 +42,7 @@ def _hue_rotate(x, turns):
     rot = torch.zeros(n, 3, 3, dtype=x.dtype, device=x.device)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    t = _RGB2YIQ.to(x)
-    m = torch.linalg.inv(t) @ rot @ t  # [n, 3, 3]
+    m = _YIQ2RGB.to(x) @ rot @ _RGB2YIQ.to(x)  # [n, 3, 3]
     return torch.einsum("nij,njhw->nihw", m, x).clamp_(0, 1)
 
 

@@ -117,3 +117,30 @@ def test_linear_eval_detects_a_backbone_that_changed(tiny_run, monkeypatch):
     monkeypatch.setattr(linear_eval.FrozenFeatures, "forward", leaky)
     with pytest.raises(RuntimeError, match="frozen backbone changed.*running_mean"):
         linear_eval.main(ckpt, state, cfg)
+
+
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
+    """Pre-emption: SIGTERM mid-run writes the checkpoint at the next logging step and exits 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import REPO
+    out = str(tmp_path / "preempt")
+    cmd = [sys.executable, "train_ssl.py"] + TINY + [f"output_dir={out}", "train.epochs=40"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = os.path.join(out, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and len(read_metrics(out)) >= 4:   # kNN line + a few steps
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "stopped at step" in stdout
+    stopped = _weights(out)["step"]
+    assert 0 < stopped < 160
+    second = run(["train_ssl.py"] + TINY + [f"output_dir={out}", "train.epochs=40"])
+    assert f"resuming from {out}/checkpoint.pt at step {stopped}/160" in second.stdout
+    assert _weights(out)["step"] == 160
