@@ -1,0 +1,64 @@
+"""Fast Online Minibatch Selection (thesis 2023 ch. 4, Eq. 4.3-4.4, Algorithms 2-3), and the
+baselines of Tables 4.1 / 4.4: greedy top-k and Selective-Backprop (Jiang et al. 2019).
+
+Each step draws a large batch of b-bar samples uniformly, computes their losses without
+gradient on images down-sampled to r-hat (Eq. 4.3), turns each loss's percentile rank within
+the large batch into a weight p = rank^beta (Eq. 4.4), and draws the b training samples without
+replacement with probabilities proportional to p. beta = 0 is uniform sampling; the thesis uses
+beta = 1 and b-bar = 2b (b-bar >= (1 + beta) b), uniform sampling during a warm-up and a
+cool-down (~10 % of training).
+
+Under data parallelism each rank ranks its own shard of the large batch (no gather): the shard
+is an i.i.d. uniform draw, so its empirical loss CDF estimates the same distribution as the
+global one, every rank keeps b / world samples so DDP's gradient average is unchanged, and no
+communication is added to the selection pass. The training script follows this choice.
+"""
+import torch
+
+
+def selection_weights(n, beta):
+    """Eq. 4.4 weight of each of n samples sorted by ascending loss: the empirical CDF at the
+    sample, P(l_j <= l_i) = (k + 1) / n for rank k, raised to beta. The highest loss gets 1."""
+    return (torch.arange(1, n + 1, dtype=torch.float64) / n) ** beta
+
+
+def select(losses, batch_size, beta, generator=None):
+    """Indices (distinct) of `batch_size` samples of the large batch, drawn without replacement
+    with probability proportional to their Eq. 4.4 weight."""
+    n = losses.shape[0]
+    if batch_size > n:
+        raise ValueError(f"cannot select {batch_size} samples from a large batch of {n}")
+    order = torch.argsort(losses.detach().float().cpu(), stable=True)      # ascending loss
+    ranks = torch.multinomial(selection_weights(n, beta), batch_size, replacement=False, generator=generator)
+    return order[ranks].to(losses.device)
+
+
+def select_greedy(losses, batch_size):
+    """Table 4.4's greedy baseline: the batch_size highest losses (top 50 % when b-bar = 2b)."""
+    return torch.topk(losses.detach(), batch_size).indices
+
+
+def uniform_phase(step, total_steps, warmup_steps, cooldown_fraction):
+    """True during the warm-up and the cool-down, where plain uniform sampling is used."""
+    return step < warmup_steps or step >= total_steps - int(round(cooldown_fraction * total_steps))
+
+
+class SelectiveBackprop:
+    """Selective-Backprop (Jiang et al. 2019): each sample is kept with probability
+    CDF_history(loss)^beta, the CDF taken over a history of recent losses (a FIFO of
+    `history` values), and kept samples are trained on. The thesis's baseline for Table 4.1."""
+
+    def __init__(self, history=1024, beta=1.0):
+        self.history, self.beta = history, beta
+        self.recent = torch.empty(0)
+
+    def probabilities(self, losses):
+        losses = losses.detach().float().cpu()
+        self.recent = torch.cat([self.recent, losses])[-self.history:]
+        cdf = (self.recent[None, :] <= losses[:, None]).float().mean(1)
+        return cdf ** self.beta
+
+    def select(self, losses, generator=None):
+        p = self.probabilities(losses)
+        keep = torch.rand(p.shape, generator=generator) < p
+        return keep.nonzero().flatten().to(losses.device)
