@@ -125,6 +125,20 @@ DEFAULTS = {
         "every_epochs": 0,            # online kNN every N epochs (0: only at start and end)
         "batch_size": 256,
     },
+    "select": {
+        # train_supervised.py: Fast Online Minibatch Selection (thesis ch. 4, accel/selection.py).
+        # Each step loads b-bar = large_batch_factor x train.batch_size images, ranks their losses
+        # at `resolution` without gradient, and trains on train.batch_size of them at full resolution.
+        "method": "uniform",          # uniform | fast (Eq. 4.4) | greedy (top-b by loss) | selective_backprop
+        "beta": 1.0,                  # hardness of Eq. 4.4; 0 = uniform
+        "large_batch_factor": 2.0,    # b-bar / b; at least 1 + beta for `fast`
+        "resolution": 96,             # r-hat, the selection pass's resolution
+        "warmup_steps": 10000,        # uniform sampling before this step ...
+        "cooldown_fraction": 0.1,     # ... and in this last fraction of training
+        "sb_history": 1024,           # Selective-Backprop: number of recent losses for the percentile
+        "target_top1": 0.0,           # > 0: stop once validation top-1 reaches it and report the steps (xTS)
+        "eval_every_epochs": 1.0,     # validation top-1 every this many epochs
+    },
     "lr_finder": {
         # lr_finder.py: the LR range test (Smith; WACV'23 supplementary C): the learning rate rises
         # exponentially from lr_start to lr_end over `steps` steps (absolute values, not per 256).

@@ -1,0 +1,64 @@
+"""train_supervised.py: Fast Online Minibatch Selection in the loop (thesis ch. 4)."""
+import os
+
+import torch
+
+from common import checkpoint
+from conftest import read_metrics, run
+from models.resnet import ResNet
+from models.classifier import Classifier, build_classifier
+from models.vit import ViT
+
+SUP = ["data.synthetic_train_size=128", "data.synthetic_val_size=40", "model.width=8", "train.batch_size=16",
+       "train.epochs=2", "data.workers=0", "train.threads=1", "train.log_every=1", "select.resolution=16",
+       "select.warmup_steps=3", "select.cooldown_fraction=0.25", "select.eval_every_epochs=1.0"]
+
+
+def test_selection_pass_is_at_r_hat_without_autograd_and_keeps_bn_statistics():
+    from train_supervised import selection_losses
+    model = Classifier(ResNet("resnet18", width=8, cifar_stem=True), 10)
+    seen = []
+    model.register_forward_pre_hook(lambda m, a: seen.append((tuple(a[0].shape), torch.is_grad_enabled())))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = selection_losses(model, torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), 16)
+    assert seen == [((8, 3, 16, 16), False)]
+    assert losses.shape == (8,) and not losses.requires_grad
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_warmup_and_cooldown_steps_are_uniform_and_selection_is_charged(tmp_path):
+    out = str(tmp_path / "fast")
+    run(["train_supervised.py"] + SUP + [f"output_dir={out}", "select.method=fast"])
+    rows = [r for r in read_metrics(out) if "loss" in r]
+    assert [r["selection_steps"] for r in rows] == [0] * 3 + [1] * 9 + [0] * 4   # 16 steps: 3 warm-up, 4 cool-down
+    assert rows[-1]["selection_pflops"] > 0 and 0 < rows[-1]["selection_overhead"] < 1
+    evals = [r for r in read_metrics(out) if "top1" in r]
+    assert [r["step"] for r in evals] == [8, 16] and all(0 <= r["top1"] <= 100 for r in evals)
+    uni = str(tmp_path / "uniform")
+    run(["train_supervised.py"] + SUP + [f"output_dir={uni}", "select.method=uniform"])
+    assert all(r["selection_steps"] == 0 for r in read_metrics(uni) if "loss" in r)
+    assert read_metrics(uni)[-1]["selection_pflops"] == 0
+
+
+def test_two_rank_selection_run_trains(tmp_path):
+    out = str(tmp_path / "ddp")
+    for method in ("fast", "selective_backprop", "greedy"):
+        run(["train_supervised.py"] + SUP + [f"output_dir={out}_{method}", f"select.method={method}",
+                                             "train.sync_bn=true"], nproc=2)
+        state = checkpoint.load(os.path.join(f"{out}_{method}", "checkpoint.pt"))
+        assert state["step"] == 16 and state["world_size"] == 2
+        rows = [r for r in read_metrics(f"{out}_{method}") if "loss" in r]
+        assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+
+
+def test_bad_selection_settings_are_one_line_errors():
+    p = run(["train_supervised.py"] + SUP + ["select.method=fast", "select.large_batch_factor=1.5"], check=False)
+    assert p.returncode == 2 and "select.large_batch_factor=1.5 must be >= 1 + select.beta" in p.stderr
+
+
+def test_classifier_backbones_take_any_resolution():
+    vit = ViT("vit_t16")
+    assert vit(torch.randn(1, 3, 96, 96)).shape == vit(torch.randn(1, 3, 224, 224)).shape == (1, 192)
+    from common.config import Config
+    cfg = Config(arch="resnet18", width=8, cifar_stem=True, zero_init_residual=False)
+    assert build_classifier(cfg, 7)(torch.randn(2, 3, 32, 32)).shape == (2, 7)
