@@ -198,3 +198,8 @@ def test_bf16_autocast_and_channels_last_run_on_the_cpu(tmp_path):
     run(["train_ssl.py"] + TINY + [f"output_dir={out}", "train.amp=bf16", "train.channels_last=true"] + ACCEL[1:])
     rows = [r for r in read_metrics(out) if "loss" in r]
     assert len(rows) == 8 and all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_selection_overhead_reproduces_thesis_table_4_6():
+    got = [round(100 * cost.selection_overhead(224, r, 2.0), 1) for r in (64, 96, 128, 224)]
+    assert got == pytest.approx([4.7, 10.5, 18.7, 57.2], abs=0.15)   # 57.1 at C = 3.5

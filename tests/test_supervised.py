@@ -62,3 +62,17 @@ def test_classifier_backbones_take_any_resolution():
     from common.config import Config
     cfg = Config(arch="resnet18", width=8, cifar_stem=True, zero_init_residual=False)
     assert build_classifier(cfg, 7)(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_interrupted_selection_run_resumes_to_the_same_weights(tmp_path):
+    args = SUP + ["select.method=fast", "select.eval_every_epochs=2.0"]
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    run(["train_supervised.py"] + args + [f"output_dir={full}"])
+    first = run(["train_supervised.py"] + args + [f"output_dir={cut}", "train.stop_at_step=11"])
+    assert "stopped at step 11" in first.stdout          # inside loader epoch 2, after selection started
+    run(["train_supervised.py"] + args + [f"output_dir={cut}", "train.stop_at_step=11"])
+    a = checkpoint.load(os.path.join(full, "checkpoint.pt"))
+    b = checkpoint.load(os.path.join(cut, "checkpoint.pt"))
+    assert a["step"] == b["step"] == 16
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
