@@ -65,7 +65,7 @@ DEFAULTS = {
         "zero_init_residual": False,
     },
     "optim": {
-        "name": "sgd",                # sgd | lars
+        "name": "sgd",                # sgd | lars | adamw
         "lr": 0.05,                   # base learning rate; see lr_scaling
         "lr_scaling": "linear",       # linear: lr x global_batch / 256 (SimSiam, MoCo); none: as given
         "momentum": 0.9,

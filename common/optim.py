@@ -1,4 +1,4 @@
-"""Optimizers: SGD with momentum, and LARS (You et al. 2017) as used by SimCLR, BYOL and the
+"""Optimizers: SGD with momentum, AdamW (ViT recipes), and LARS (You et al. 2017) as used by SimCLR, BYOL and the
 SimSiam linear-evaluation protocol: biases and normalisation parameters (1-D tensors) are
 excluded from the trust-ratio adaptation and from weight decay."""
 import torch
@@ -52,4 +52,9 @@ def build_optimizer(name, param_groups, lr, momentum, weight_decay):
             excluded = [p for p in g["params"] if p.ndim <= 1]
             groups += [dict(extra, params=adapted), dict(extra, params=excluded, lars_exclude=True)]
         return LARS([g for g in groups if g["params"]], lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ConfigError(f"optim.name '{name}' is not one of sgd, lars")
+    if name == "adamw":
+        # torch's AdamW decays by lr x weight_decay per step (decoupled from the gradient, but
+        # scaled by the learning rate); recipes that state a decay independent of lr (big_vision)
+        # divide it by the peak lr to get this value.
+        return torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    raise ConfigError(f"optim.name '{name}' is not one of sgd, lars, adamw")

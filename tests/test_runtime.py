@@ -45,6 +45,14 @@ def test_lars_step_against_hand_computation():
     assert torch.allclose(b.detach(), torch.tensor([1.0 - 0.5 * 2.0]))  # bias: no decay, no trust ratio
 
 
+def test_adamw_decay_is_decoupled_and_scaled_by_lr():
+    w = nn.Parameter(torch.tensor([1.0, -2.0]))
+    w.grad = torch.zeros(2)
+    opt = build_optimizer("adamw", [{"params": [w]}], lr=0.1, momentum=0.9, weight_decay=0.5)
+    opt.step()   # zero gradient: only the decay acts, w <- w (1 - lr wd)
+    assert torch.allclose(w.detach(), torch.tensor([0.95, -1.9]))
+
+
 def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path):
     path = str(tmp_path / "checkpoint.pt")
     state = {"w": torch.randn(3), "rng": checkpoint.rng_state(), "step": 7, "config": {"a": [1, 2.0, "x"]}}
