@@ -7,7 +7,6 @@
 
 Re-running the same command with the same output_dir resumes from output_dir/checkpoint.pt.
 """
-import argparse
 import json
 import os
 import signal
@@ -22,7 +21,7 @@ from tqdm import tqdm
 import selfsup
 from accel import cost, hard_augment, progressive, schedules
 from common import checkpoint, dist
-from common.config import DEFAULTS, ConfigError, diff_configs, load_config, save_config
+from common.config import DEFAULTS, ConfigError, diff_configs, parse_cli, save_config
 from common.flops import FlopLedger
 from common.logger import RunLogger
 from common.optim import build_optimizer
@@ -43,11 +42,7 @@ def config_defaults():
 
 
 def parse_config(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML experiment file (default: yaml/quickstart.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override a config value")
-    args = p.parse_intermixed_args(argv)
-    return load_config(config_defaults(), args.config, args.overrides)
+    return parse_cli(argv, config_defaults(), DEFAULT_CONFIG, __doc__)
 
 
 def check_config(cfg, world):

@@ -13,7 +13,6 @@ shard (see accel/selection.py). Training length counts training steps of b image
 selection runs of the same epochs take the same number of steps. Re-running the same command
 resumes from output_dir/checkpoint.pt.
 """
-import argparse
 import json
 import math
 import os
@@ -28,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from accel import schedules, selection
 from accel.hard_augment import frozen_bn_statistics
 from common import checkpoint, dist
-from common.config import ConfigError, load_config, save_config
+from common.config import ConfigError, parse_cli, save_config
 from common.flops import FlopLedger
 from common.logger import RunLogger
 from common.optim import build_optimizer
@@ -38,6 +37,7 @@ from data.multiview import sample_generator
 from evaluation.knn import topk_accuracy
 from models.batchnorm import convert_sync_bn
 from models.classifier import build_classifier
+from train_ssl import config_defaults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "yaml", "selection", "quickstart.yaml")
@@ -45,12 +45,7 @@ METHODS = ("uniform", "fast", "greedy", "selective_backprop")
 
 
 def parse_config(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML experiment file (default: yaml/selection/quickstart.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    args = p.parse_intermixed_args(argv)
-    from train_ssl import config_defaults  # one defaults tree for every script
-    return load_config(config_defaults(), args.config, args.overrides)
+    return parse_cli(argv, config_defaults(), DEFAULT_CONFIG, __doc__)  # one defaults tree for every script
 
 
 @torch.no_grad()

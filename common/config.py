@@ -7,6 +7,7 @@ key is an error that names the key and the closest valid one. Values are type-ch
 the default's type (an int is accepted where a float is expected; a default of None accepts
 anything).
 """
+import argparse
 import copy
 import difflib
 import os
@@ -328,3 +329,14 @@ def diff_configs(a, b, prefix=""):
 def save_config(cfg, path):
     with open(path, "w") as f:
         yaml.safe_dump(cfg.to_dict() if isinstance(cfg, Config) else cfg, f, sort_keys=False)
+
+
+def parse_cli(argv, defaults, default_config, description):
+    """A script's command line: `--config FILE` (default `default_config`) and `key.sub=value`
+    overrides, in any order -> the resolved Config."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=default_config,
+                   help=f"YAML experiment file (default: {os.path.relpath(default_config)})")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override a config value")
+    args = p.parse_intermixed_args(argv)
+    return load_config(defaults, args.config, args.overrides)

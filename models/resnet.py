@@ -67,15 +67,12 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def stages(self):
-        """The four blocks; the stem belongs to block 1."""
-        stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
-        return [nn.Sequential(stem, self.layer1), self.layer2, self.layer3, self.layer4]
-
     def forward_stages(self, x, upto=4):
-        """Feature maps after stages 1..upto; stages after `upto` are not computed."""
+        """Feature maps after stages 1..upto (the stem belongs to block 1); stages after `upto`
+        are not computed."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         feats = []
-        for stage in self.stages()[:upto]:
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4)[:upto]:
             x = stage(x)
             feats.append(x)
         return feats
