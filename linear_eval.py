@@ -28,7 +28,7 @@ from data.augment import DeviceAugment
 from data.multiview import MultiViewDataset
 from data.sampler import EpochSampler
 from evaluation.knn import extract_features, knn_scores, topk_accuracy
-from models.resnet import build_backbone
+from models import build_backbone
 from train_ssl import config_defaults
 
 FEATURES = ("block1", "block2", "block3", "block4", "final")
@@ -41,10 +41,14 @@ class FrozenFeatures(nn.Module):
         super().__init__()
         if feature not in FEATURES:
             raise ConfigError(f"eval.feature '{feature}' is not one of {', '.join(FEATURES)}")
+        if feature != "final" and not hasattr(backbone, "forward_stages"):
+            raise ConfigError(f"eval.feature={feature} needs a ResNet backbone; use final for a ViT")
         self.backbone, self.upto = backbone, 4 if feature == "final" else int(feature[-1])
-        self.num_features = backbone.stage_channels[self.upto - 1]
+        self.num_features = backbone.num_features if feature == "final" else backbone.stage_channels[self.upto - 1]
 
     def forward(self, x):
+        if self.upto == 4:
+            return self.backbone(x)  # pooled block-4 output for a ResNet, class token for a ViT
         return F.adaptive_avg_pool2d(self.backbone.forward_stages(x, self.upto)[-1], 1).flatten(1)
 
 

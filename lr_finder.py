@@ -29,7 +29,7 @@ from common.optim import build_optimizer
 from common.plot import line_plot
 from data import DataError, build_images, build_train_loader
 from data.augment import DeviceAugment
-from models.resnet import build_backbone
+from models import build_backbone
 from train_ssl import parse_config
 
 
@@ -105,11 +105,12 @@ def main(cfg):
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     optimizer = build_optimizer(cfg.optim.name, model.param_groups(), lf.lr_start, cfg.optim.momentum,
                                 cfg.optim.weight_decay)
+    model.prepare(lf.steps, sampler.steps_per_epoch)
     batches = iter(())
-    epoch = 0
+    epoch, step = 0, 0
 
     def train_step(lr):
-        nonlocal batches, epoch
+        nonlocal batches, epoch, step
         batch = next(batches, None)
         if batch is None:
             sampler.set_epoch(epoch)
@@ -118,11 +119,19 @@ def main(cfg):
             batch = next(batches)
         for g in optimizer.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
+        model.begin_step(step)
         views = augment(batch["views"].to(device), batch["rand"].to(device), cfg.augment.magnitude, resolution)
-        loss = ddp(views)["loss"]
+        local_views = None
+        if "local_views" in batch:
+            local_views = augment(batch["local_views"].to(device), batch["local_rand"].to(device),
+                                  cfg.augment.magnitude, 0, local=True)
+        loss = ddp(views, local_views=local_views)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        model.after_backward(step)
         optimizer.step()
+        model.on_step(step)
+        step += 1
         return dist.all_reduce_mean(loss.detach().float().view(1)).item()
 
     @torch.no_grad()

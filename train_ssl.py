@@ -24,13 +24,13 @@ from common import checkpoint, dist
 from common.config import DEFAULTS, ConfigError, diff_configs, parse_cli, save_config
 from common.flops import FlopLedger
 from common.logger import RunLogger
-from common.optim import build_optimizer
+from common.optim import build_optimizer, set_weight_decay
 from data import DataError, build_eval_loader, build_images, build_train_loader
 from data.augment import DeviceAugment
 from data.multiview import sample_generator
 from evaluation.knn import knn_top1
 from models.batchnorm import convert_sync_bn
-from models.resnet import build_backbone
+from models import build_backbone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "yaml", "quickstart.yaml")
@@ -58,6 +58,9 @@ def check_config(cfg, world):
                           f"got views={ha.views}, selection={ha.selection!r}")
     if cfg.data.crop_size <= 0:
         raise ConfigError(f"data.crop_size must be positive, got {cfg.data.crop_size}")
+    wd_end = cfg.optim.weight_decay_end
+    if wd_end is not None and (isinstance(wd_end, bool) or not isinstance(wd_end, (int, float))):
+        raise ConfigError(f"optim.weight_decay_end must be a number or null, got {wd_end!r}")
 
 
 def speedup_vs_full_resolution(ledger, res_schedule, r_max, local_batch, ha):
@@ -113,6 +116,9 @@ def main(cfg):
     lr = cfg.optim.lr * (cfg.train.batch_size / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
     optimizer = build_optimizer(cfg.optim.name, model.param_groups(), lr, cfg.optim.momentum, cfg.optim.weight_decay)
     lr_schedule, momentum_schedule = schedules.build_lr_schedule(cfg.optim, total_steps, steps_per_epoch, lr)
+    wd_schedule = None if cfg.optim.weight_decay_end is None else \
+        schedules.cosine(total_steps, cfg.optim.weight_decay, float(cfg.optim.weight_decay_end))
+    model.prepare(total_steps, steps_per_epoch)  # the method's own per-step arrays (EMA momentum, temperatures)
     warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
     res_schedule, mag_schedule = progressive.build_progressive(cfg.accel.progressive, total_steps, warmup_steps,
                                                                resolution, cfg.augment.magnitude)
@@ -147,13 +153,13 @@ def main(cfg):
                      f"{steps_per_epoch} steps/epoch, {total_steps} steps, lr {lr:g}; output {cfg.output_dir}")
 
     def knn():
-        return knn_top1(model.backbone, knn_train_loader, knn_val_loader, augment, device, num_classes,
+        return knn_top1(model.eval_backbone(), knn_train_loader, knn_val_loader, augment, device, num_classes,
                         cfg.knn.k, cfg.knn.temperature, cfg.train.channels_last, amp_dtype)
 
     def save(epoch, snapshot=False):
         if not is_main:
             return
-        state = {"model": model.state_dict(), "backbone": model.backbone.state_dict(),
+        state = {"model": model.state_dict(), "backbone": model.eval_backbone().state_dict(),
                  "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "ledger": ledger.state_dict(), "rng": checkpoint.rng_state(), "step": step, "epoch": epoch,
                  "knn_start": knn_start, "config": cfg.to_dict(), "git_commit": commit, "world_size": world}
@@ -184,9 +190,17 @@ def main(cfg):
                 g["lr"] = (lr if g.get("fix_lr") else float(lr_schedule[step])) * g.get("lr_mult", 1.0)
                 if momentum_schedule is not None:  # F1-CLR / 1-cycle: anti-phased momentum
                     g["momentum"] = float(momentum_schedule[step])
+            if wd_schedule is not None:
+                set_weight_decay(optimizer, float(wd_schedule[step]))
+            model.begin_step(step)
             res, mag = int(res_schedule[step]), float(mag_schedule[step])
             views = augment(batch["views"].to(device, non_blocking=True), batch["rand"].to(device, non_blocking=True),
                             mag, res, cfg.train.channels_last)
+            local_views = None
+            if "local_views" in batch:  # multi-crop: small views at their own fixed size
+                local_views = augment(batch["local_views"].to(device, non_blocking=True),
+                                      batch["local_rand"].to(device, non_blocking=True), mag, 0,
+                                      cfg.train.channels_last, local=True)
             targets = None
             if ha.enabled:  # Hard Augment: keep the hardest pair of views per sample
                 with ledger.count(("select", ha.r_sel, len(views), local_batch), kind="selection"):
@@ -196,9 +210,13 @@ def main(cfg):
                             sample_generator(cfg.train.seed, step, dist.rank()))
             with ledger.count(("train", res, len(views), local_batch, targets is not None)):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = ddp(views, targets=targets)["loss"]
+                    loss = ddp(views, targets=targets, local_views=local_views)["loss"]
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+            model.after_backward(step)
+            if cfg.optim.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             model.on_step(step)

@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import selfsup  # noqa: E402
-from models.resnet import build_backbone  # noqa: E402
+from models import build_backbone  # noqa: E402
 from train_ssl import parse_config  # noqa: E402
 
 CIFAR10 = os.path.join(REPO, "..", "shared", "datasets", "cifar10")

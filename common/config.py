@@ -38,7 +38,13 @@ DEFAULTS = {
         "crop_scale": [0.2, 1.0],     # RandomResizedCrop area range (SimSiam / MoCo v2 use 0.2-1.0)
         "eval_resize": 32,            # kNN / linear eval: resize shorter side to this, then ...
         "eval_crop": 32,              # ... center crop to this (ImageNet: 256 / 224)
-        "num_views": 2,               # views per image delivered by the loader
+        "num_views": 2,               # views per image delivered by the loader (global views)
+        # Multi-crop (SwAV, DINO): this many extra small views per image at local_crop_size, from
+        # RandomResizedCrop areas in local_crop_scale; they stay at that size whatever the
+        # resolution schedule does to the global views, and Hard Augment does not rank them.
+        "local_views": 0,
+        "local_crop_size": 96,
+        "local_crop_scale": [0.05, 0.14],
         "workers": 2,                 # loader worker processes per rank
         "prefetch_factor": 4,
     },
@@ -51,19 +57,26 @@ DEFAULTS = {
         "jitter": [0.4, 0.4, 0.4, 0.1],   # brightness, contrast, saturation, hue at m = 5
         "jitter_prob": 0.8,
         "grayscale_prob": 0.2,            # at m = 5; scaled with m like the jitter
-        "blur_prob": 0.0,                 # ImageNet recipes: 0.5 (SimCLR sigma 0.1-2.0)
+        # Blur and solarisation probabilities, one value for all global views or one per view
+        # (BYOL / DINO's asymmetric recipes: blur [1.0, 0.1], solarize [0.0, 0.2]); views past
+        # the list's end take its last value. ImageNet SimCLR / SimSiam: blur [0.5].
+        "blur_prob": [0.0],
         "blur_sigma": [0.1, 2.0],
-        "solarize_prob": 0.0,
+        "solarize_prob": [0.0],
+        "local_blur_prob": 0.0,           # multi-crop's small views (DINO: 0.5)
+        "local_solarize_prob": 0.0,
         "flip_prob": 0.5,
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],
         "resolution": 0,                  # training resolution; 0 = data.crop_size
     },
     "model": {
-        "arch": "resnet18",           # resnet18 | resnet34 | resnet50 | resnet101 | resnet152 (torchvision)
+        "arch": "resnet18",           # resnet18 | resnet34 | resnet50 | resnet101 | resnet152 (torchvision) | vit_t16 | vit_s16 | vit_b16
         "cifar_stem": True,           # 3x3 stride-1 conv, no max-pool: for 32-64 px images
         "width": 64,                  # channels of the first stage (torchvision: 64); smaller for CPU runs
         "zero_init_residual": False,
+        "patch_size": 16,             # ViTs (vit_t16 | vit_s16 | vit_b16): patch side in pixels
+        "freeze_patch_embed": False,  # ViTs: fixed random patch projection (MoCo v3 sec. 4.2)
     },
     "optim": {
         "name": "sgd",                # sgd | lars | adamw
@@ -71,6 +84,11 @@ DEFAULTS = {
         "lr_scaling": "linear",       # linear: lr x global_batch / 256 (SimSiam, MoCo); none: as given
         "momentum": 0.9,
         "weight_decay": 1e-4,
+        # None: constant weight decay; a number: cosine from weight_decay to this value over
+        # training (DINO's ViT recipe: 0.04 -> 0.4). Never applied to biases and norm parameters
+        # under lars / adamw (they are excluded from decay there).
+        "weight_decay_end": None,
+        "clip_grad": 0.0,             # > 0: clip the global gradient norm to this (DINO ViT: 3.0)
         # cosine: WACV'23 Eq. 5 (Eq. 6 with warmup_epochs > 0) | constant | poly (warm-up, then
         # (1 - s)^poly_power) | f1clr: Eq. 8, warm-up of warmup_epochs, anti-phased momentum |
         # onecycle: Eq. 7, first phase onecycle_pct of training (accel/schedules.py)

@@ -60,6 +60,13 @@ def all_reduce_sum(t):
     return t
 
 
+def all_reduce_max(t):
+    """In-place maximum over ranks, no gradient."""
+    if is_dist():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def all_reduce_mean(t):
     return all_reduce_sum(t).div_(world_size())
 

@@ -39,22 +39,35 @@ class LARS(Optimizer):
         return loss
 
 
+def split_decay(param_groups, flag):
+    """Each group split into its >= 2-D tensors and its biases / norm parameters (1-D), the
+    latter marked with `flag` (excluded from weight decay, and from LARS's adaptation)."""
+    groups = []
+    for g in param_groups:
+        extra = {k: v for k, v in g.items() if k != "params"}
+        groups += [dict(extra, params=[p for p in g["params"] if p.ndim > 1]),
+                   dict(extra, params=[p for p in g["params"] if p.ndim <= 1], **{flag: True})]
+    return [g for g in groups if g["params"]]
+
+
 def build_optimizer(name, param_groups, lr, momentum, weight_decay):
-    """SGD or LARS over the method's parameter groups. For LARS each group is split into its
-    adapted (>= 2-D) and excluded (biases, norm parameters) tensors."""
+    """SGD, LARS or AdamW over the method's parameter groups. For LARS and AdamW, biases and
+    normalisation parameters get no weight decay (SimCLR / BYOL's LARS, DINO's AdamW groups)."""
     if name == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "lars":
-        groups = []
-        for g in param_groups:
-            extra = {k: v for k, v in g.items() if k != "params"}
-            adapted = [p for p in g["params"] if p.ndim > 1]
-            excluded = [p for p in g["params"] if p.ndim <= 1]
-            groups += [dict(extra, params=adapted), dict(extra, params=excluded, lars_exclude=True)]
-        return LARS([g for g in groups if g["params"]], lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return LARS(split_decay(param_groups, "lars_exclude"), lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":
         # torch's AdamW decays by lr x weight_decay per step (decoupled from the gradient, but
         # scaled by the learning rate); recipes that state a decay independent of lr (big_vision)
         # divide it by the peak lr to get this value.
-        return torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+        groups = [dict(g, weight_decay=0.0) if g.get("no_decay") else g for g in split_decay(param_groups, "no_decay")]
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
     raise ConfigError(f"optim.name '{name}' is not one of sgd, lars, adamw")
+
+
+def set_weight_decay(optimizer, value):
+    """Weight decay of the step for every group that decays (a weight-decay schedule)."""
+    for g in optimizer.param_groups:
+        if not (g.get("no_decay") or g.get("lars_exclude")):
+            g["weight_decay"] = value

@@ -45,7 +45,8 @@ def loader_kwargs(data_cfg, device):
 def build_train_loader(images, cfg, local_batch, device, num_views=None):
     """Multi-view loader; returns (loader, sampler). Call sampler.set_epoch before each epoch."""
     ds = MultiViewDataset(images, num_views or cfg.data.num_views, cfg.data.crop_size, cfg.data.crop_scale,
-                          cfg.augment.flip_prob, seed=cfg.train.seed)
+                          cfg.augment.flip_prob, seed=cfg.train.seed, local_views=cfg.data.local_views,
+                          local_crop_size=cfg.data.local_crop_size, local_crop_scale=cfg.data.local_crop_scale)
     sampler = EpochSampler(len(ds), local_batch, dist.world_size(), dist.rank(), seed=cfg.train.seed)
     loader = DataLoader(ds, batch_size=local_batch, sampler=sampler, drop_last=True,
                         **loader_kwargs(cfg.data, device))

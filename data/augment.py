@@ -63,8 +63,9 @@ class DeviceAugment:
     def __init__(self, aug_cfg):
         self.jitter = [float(v) for v in aug_cfg.jitter]
         self.jitter_prob, self.gray_prob = aug_cfg.jitter_prob, aug_cfg.grayscale_prob
-        self.blur_prob, self.blur_sigma = aug_cfg.blur_prob, list(aug_cfg.blur_sigma)
-        self.solarize_prob = aug_cfg.solarize_prob
+        self.blur_prob, self.blur_sigma = [float(p) for p in aug_cfg.blur_prob], list(aug_cfg.blur_sigma)
+        self.solarize_prob = [float(p) for p in aug_cfg.solarize_prob]
+        self.local_blur_prob, self.local_solarize_prob = aug_cfg.local_blur_prob, aug_cfg.local_solarize_prob
         self.mean = torch.tensor(aug_cfg.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(aug_cfg.std).view(1, 3, 1, 1)
 
@@ -77,8 +78,9 @@ class DeviceAugment:
                               align_corners=False)
         return x
 
-    def colour(self, x, rand, magnitude):
-        """Photometric operations on float images in [0, 1]; `rand` [N, N_RAND] uniform."""
+    def colour(self, x, rand, magnitude, blur_prob=0.0, solarize_prob=0.0):
+        """Photometric operations on float images in [0, 1]; `rand` [N, N_RAND] uniform;
+        blur_prob and solarize_prob: numbers or per-image [N] tensors."""
         s = magnitude / STANDARD_MAGNITUDE
         if s > 0:
             b, c, sat, hue = (j * s for j in self.jitter)
@@ -92,25 +94,38 @@ class DeviceAugment:
             gray = rand[:, R_GRAY] < min(1.0, self.gray_prob * s)
             if gray.any():
                 x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
-        if self.blur_prob > 0:
-            sel = (rand[:, R_BLUR] < self.blur_prob).nonzero().flatten()
+        blur_prob = torch.as_tensor(blur_prob, dtype=rand.dtype, device=rand.device).expand(rand.shape[0])
+        solarize_prob = torch.as_tensor(solarize_prob, dtype=rand.dtype, device=rand.device).expand(rand.shape[0])
+        if blur_prob.max() > 0:
+            sel = (rand[:, R_BLUR] < blur_prob).nonzero().flatten()
             if len(sel):
                 # the blur's sigma reuses the slot's value, rescaled within the chosen fraction
-                frac = rand[sel, R_BLUR] / self.blur_prob
+                frac = rand[sel, R_BLUR] / blur_prob[sel]
                 sigma = self.blur_sigma[0] + frac * (self.blur_sigma[1] - self.blur_sigma[0])
                 x = x.index_copy(0, sel, _gaussian_blur(x[sel], sigma.to(x)))
-        if self.solarize_prob > 0:
-            sol = (rand[:, R_SOLAR] < self.solarize_prob).view(-1, 1, 1, 1)
+        if solarize_prob.max() > 0:
+            sol = (rand[:, R_SOLAR] < solarize_prob).view(-1, 1, 1, 1)
             x = torch.where(sol & (x >= 0.5), 1 - x, x)
         return x
 
-    def __call__(self, views, rand, magnitude, resolution=0, channels_last=False, dtype=torch.float32):
+    def view_probs(self, probs, bsz, nv, device):
+        """Per-image probabilities for a [B, V] batch: view v takes probs[min(v, len - 1)]."""
+        p = torch.tensor([probs[min(v, len(probs) - 1)] for v in range(nv)], device=device)
+        return p[None].expand(bsz, nv).flatten()
+
+    def __call__(self, views, rand, magnitude, resolution=0, channels_last=False, dtype=torch.float32, local=False):
         """views uint8 [B, V, 3, S, S] (on the device), rand [B, V, N_RAND] -> list of V
-        normalised float tensors [B, 3, r, r]."""
+        normalised float tensors [B, 3, r, r]. local=True: multi-crop's small views (their own
+        blur / solarisation probabilities)."""
         bsz, nv = views.shape[:2]
         x = views.flatten(0, 1).to(torch.float32).div_(255)
         x = self.resize(x, resolution)
-        x = self.normalize(self.colour(x, rand.flatten(0, 1).to(x.device), magnitude))
+        if local:
+            blur, solar = self.local_blur_prob, self.local_solarize_prob
+        else:
+            blur = self.view_probs(self.blur_prob, bsz, nv, x.device)
+            solar = self.view_probs(self.solarize_prob, bsz, nv, x.device)
+        x = self.normalize(self.colour(x, rand.flatten(0, 1).to(x.device), magnitude, blur, solar))
         x = x.to(dtype).view(bsz, nv, *x.shape[1:])
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return [x[:, v].contiguous(memory_format=fmt) for v in range(nv)]

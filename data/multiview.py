@@ -52,12 +52,15 @@ def random_resized_crop_box(height, width, scale, ratio, g):
 
 class MultiViewDataset(Dataset):
     """Indexed by (image index, epoch) pairs from `data.sampler.EpochSampler`.
-    Returns dict(views uint8 [V, 3, S, S], rand float [V, N_RAND], index, label)."""
+    Returns dict(views uint8 [V, 3, S, S], rand float [V, N_RAND], index, label), plus
+    local_views uint8 [L, 3, s, s] and local_rand [L, N_RAND] when local_views > 0 (multi-crop:
+    drawn after the global views, so adding local views leaves the global ones unchanged)."""
 
     def __init__(self, images, num_views, crop_size, crop_scale=(0.2, 1.0), flip_prob=0.5, seed=0,
-                 ratio=(3 / 4, 4 / 3)):
+                 ratio=(3 / 4, 4 / 3), local_views=0, local_crop_size=96, local_crop_scale=(0.05, 0.14)):
         self.images, self.num_views, self.crop_size = images, num_views, crop_size
         self.crop_scale, self.ratio, self.flip_prob, self.seed = tuple(crop_scale), ratio, flip_prob, seed
+        self.local_views, self.local_crop_size, self.local_crop_scale = local_views, local_crop_size, tuple(local_crop_scale)
 
     def __len__(self):
         return len(self.images)
@@ -66,15 +69,23 @@ class MultiViewDataset(Dataset):
         index, epoch = key
         img, label = self.images.load(index)
         g = sample_generator(self.seed, epoch, index)
+        out = {"index": index, "label": label}
+        out["views"], out["rand"] = self.crops(img, self.num_views, self.crop_size, self.crop_scale, g)
+        if self.local_views:
+            out["local_views"], out["local_rand"] = self.crops(img, self.local_views, self.local_crop_size,
+                                                               self.local_crop_scale, g)
+        return out
+
+    def crops(self, img, n, size, scale, g):
         views, rand = [], []
-        for _ in range(self.num_views):
-            top, left, h, w = random_resized_crop_box(img.shape[1], img.shape[2], self.crop_scale, self.ratio, g)
-            v = TF.resized_crop(img, top, left, h, w, [self.crop_size, self.crop_size], antialias=True)
+        for _ in range(n):
+            top, left, h, w = random_resized_crop_box(img.shape[1], img.shape[2], scale, self.ratio, g)
+            v = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
             if torch.rand(1, generator=g).item() < self.flip_prob:
                 v = v.flip(-1)
             views.append(v)
             rand.append(torch.rand(N_RAND, generator=g))
-        return {"views": torch.stack(views), "rand": torch.stack(rand), "index": index, "label": label}
+        return torch.stack(views), torch.stack(rand)
 
 
 class EvalDataset(Dataset):

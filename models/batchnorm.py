@@ -57,6 +57,8 @@ def convert_sync_bn(module, device):
         out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                               module.track_running_stats)
         out.load_state_dict(module.state_dict())
+        if module.affine:  # keep the Parameter objects: requires_grad=False (momentum targets) survives
+            out.weight, out.bias = module.weight, module.bias
         out.train(module.training)
     for name, child in module.named_children():
         out.add_module(name, convert_sync_bn(child, device))

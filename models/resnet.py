@@ -81,6 +81,3 @@ class ResNet(nn.Module):
         """Globally pooled features of the last stage: [B, num_features]."""
         return torch.flatten(self.avgpool(self.forward_stages(x)[-1]), 1)
 
-
-def build_backbone(model_cfg):
-    return ResNet(model_cfg.arch, model_cfg.width, model_cfg.cifar_stem, model_cfg.zero_init_residual)

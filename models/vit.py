@@ -2,6 +2,10 @@
 embeddings computed for the input's own grid (MoCo v3, Chen et al. 2021), so one network takes
 any resolution divisible by the patch size: a 96 px selection pass and a 224 px training pass
 (thesis ch. 4, Table 4.2's ViT-S/16). Returns the final class-token feature.
+
+The forward is split in two so that sequence compression (NeurIPS'24) can act between them:
+`tokens(x)` embeds patches and adds position embeddings ([B, N, D], any N), `encode(tokens)`
+prepends the class token and runs the blocks, so the encoder accepts any number of tokens.
 """
 import functools
 
@@ -41,7 +45,7 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    def __init__(self, arch="vit_s16", patch_size=16):
+    def __init__(self, arch="vit_s16", patch_size=16, freeze_patch_embed=False):
         super().__init__()
         if arch not in SIZES:
             raise ConfigError(f"model.arch '{arch}' is not one of {sorted(SIZES)}")
@@ -56,6 +60,14 @@ class ViT(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+        # Xavier-uniform on the patch projection seen as a linear map of 3 p^2 pixels (MoCo v3)
+        bound = (6.0 / (3 * patch_size * patch_size + dim)) ** 0.5
+        nn.init.uniform_(self.patch_embed.weight, -bound, bound)
+        nn.init.zeros_(self.patch_embed.bias)
+        if freeze_patch_embed:
+            # MoCo v3 sec. 4.2: a fixed random patch projection avoids the training instability
+            # (loss spikes) that starts in the first layer
+            self.patch_embed.requires_grad_(False)
 
     def tokens(self, x):
         """Patch tokens with position embeddings for this input's grid: [B, N, dim]."""
@@ -63,9 +75,12 @@ class ViT(nn.Module):
         b, d, h, w = x.shape
         return x.flatten(2).transpose(1, 2) + sincos_2d(h, w, d).to(x)
 
-    def forward(self, x):
-        x = self.tokens(x)
+    def encode(self, x):
+        """Class-token feature of a token sequence [B, N, dim] (N free)."""
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)[:, 0]
+
+    def forward(self, x):
+        return self.encode(self.tokens(x))

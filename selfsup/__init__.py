@@ -5,7 +5,7 @@ import copy
 
 from common.config import ConfigError
 
-from selfsup import simsiam  # noqa: F401  (registers itself)
+from selfsup import byol, dino, moco, mocov3, simclr, simsiam, swav  # noqa: F401  (they register themselves)
 from selfsup.registry import METHODS
 
 

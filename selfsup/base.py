@@ -1,8 +1,8 @@
 """The method interface every SSL method in selfsup/ implements.
 
-A method is an nn.Module holding the backbone and its heads. The training loop only calls
-`forward(views)`; Hard Augment (accel/hard_augment.py) and other per-pair techniques use the two
-pieces `forward` is built from:
+A method is an nn.Module holding the backbone and its heads. The training loop calls
+`forward(views, local_views=...)`; Hard Augment (accel/hard_augment.py) and other per-pair
+techniques use the two pieces `forward` is built from:
 
     outs = method.embed(views)          # one output per view (tensors, or tuples of tensors)
     per_sample = method.pair_loss(outs[i], outs[j])   # [B]: loss of the pair (i, j) per sample
@@ -10,6 +10,14 @@ pieces `forward` is built from:
 `forward(views, pairs=None)` averages pair_loss over `pairs` (default: all pairs of views) and
 over the batch. A method whose loss is not a mean over pairs (DINO's multi-crop, SwAV's swapped
 prediction) overrides `forward` and documents what its `pair_loss` means.
+
+Per-step hooks, called by train_ssl.py in this order each iteration:
+    method.begin_step(step)       # before the forward: schedules indexed by step (temperatures)
+    loss.backward()
+    method.after_backward(step)   # before the optimizer: cancel gradients of frozen parts
+    optimizer.step()
+    method.on_step(step)          # after the optimizer: momentum-encoder (EMA) updates
+`prepare(total_steps, steps_per_epoch)` precomputes the per-step arrays once, before the loop.
 """
 import itertools
 
@@ -17,16 +25,16 @@ import torch
 import torch.nn as nn
 
 
-def mlp(dims, last_bn=True, last_bn_affine=False):
-    """Linear-BN-ReLU stack; the last layer gets BN (without affine parameters by default, as in
-    SimSiam's projector) and no ReLU. A Linear followed by BN has no bias (BN removes it)."""
+def mlp(dims, last_bn=True, last_bn_affine=False, bn=True, act=nn.ReLU):
+    """Linear-[BN]-act stack; the last layer gets BN (without affine parameters by default, as in
+    SimSiam's projector) when last_bn, and no activation. A Linear followed by BN has no bias."""
     layers = []
     for i in range(len(dims) - 1):
         last = i == len(dims) - 2
-        layers.append(nn.Linear(dims[i], dims[i + 1], bias=last and not last_bn))
+        layers.append(nn.Linear(dims[i], dims[i + 1], bias=not (bn and (not last or last_bn))))
         if not last:
-            layers += [nn.BatchNorm1d(dims[i + 1]), nn.ReLU(inplace=True)]
-        elif last_bn:
+            layers += ([nn.BatchNorm1d(dims[i + 1])] if bn else []) + [act()]
+        elif last_bn and bn:
             layers.append(nn.BatchNorm1d(dims[i + 1], affine=last_bn_affine))
     return nn.Sequential(*layers)
 
@@ -35,6 +43,7 @@ class SSLMethod(nn.Module):
     def __init__(self, backbone):
         super().__init__()
         self.backbone = backbone
+        self.step = 0
 
     def embed(self, views):
         raise NotImplementedError
@@ -42,21 +51,41 @@ class SSLMethod(nn.Module):
     def pair_loss(self, a, b):
         raise NotImplementedError
 
-    def forward(self, views, pairs=None, targets=None):
-        """Mean loss over `pairs` of views (default: all pairs) and, when given, over every
-        (view, target) pair: targets are per-view outputs computed elsewhere without gradient
-        (Hard Augment's extra targets)."""
+    def forward(self, views, pairs=None, targets=None, local_views=None):
+        """Mean loss over `pairs` of views (default: all pairs), over every (view, target) pair
+        when targets are given (per-view outputs computed elsewhere without gradient: Hard
+        Augment's extra targets), and over every (view, local view) pair for multi-crop."""
         outs = self.embed(views)
         if pairs is None:
             pairs = list(itertools.combinations(range(len(views)), 2))
         terms = [self.pair_loss(outs[i], outs[j]).mean() for i, j in pairs]
         terms += [self.pair_loss(out, t).mean() for out in outs for t in (targets or [])]
+        if local_views:
+            terms += [self.pair_loss(out, lo).mean() for out in outs for lo in self.embed(local_views)]
+        if torch.is_grad_enabled():  # a training forward (not a validation loss)
+            self.update_state(outs, pairs)
         return {"loss": torch.stack(terms).mean()}
+
+    def update_state(self, outs, pairs):
+        """After a training forward (not after Hard Augment's selection pass): queues, centres."""
 
     def param_groups(self):
         """Optimizer parameter groups. A group with fix_lr=True keeps the base learning rate
         instead of following the schedule; lr_mult scales the group's learning rate."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def eval_backbone(self):
+        """The backbone that kNN, checkpoints' "backbone" entry and linear evaluation use."""
+        return self.backbone
+
+    def prepare(self, total_steps, steps_per_epoch):
+        """Precompute per-step arrays (EMA momentum, temperatures) for a run of total_steps."""
+
+    def begin_step(self, step):
+        self.step = step
+
+    def after_backward(self, step):
+        """Between backward and the optimizer step (gradients may be set to None here)."""
 
     def on_step(self, step):
         """Called after each optimizer step (momentum encoders update here)."""

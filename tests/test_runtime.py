@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from common import checkpoint
 from common.flops import FlopLedger
-from common.optim import LARS, build_optimizer
+from common.optim import LARS, build_optimizer, set_weight_decay
 from models.batchnorm import GlobalBatchNorm, convert_sync_bn
 
 
@@ -45,12 +45,16 @@ def test_lars_step_against_hand_computation():
     assert torch.allclose(b.detach(), torch.tensor([1.0 - 0.5 * 2.0]))  # bias: no decay, no trust ratio
 
 
-def test_adamw_decay_is_decoupled_and_scaled_by_lr():
-    w = nn.Parameter(torch.tensor([1.0, -2.0]))
-    w.grad = torch.zeros(2)
-    opt = build_optimizer("adamw", [{"params": [w]}], lr=0.1, momentum=0.9, weight_decay=0.5)
+def test_adamw_decay_is_decoupled_and_scaled_by_lr_and_skips_biases():
+    w = nn.Parameter(torch.tensor([[1.0, -2.0]]))
+    b = nn.Parameter(torch.tensor([3.0]))
+    w.grad, b.grad = torch.zeros(1, 2), torch.zeros(1)
+    opt = build_optimizer("adamw", [{"params": [w, b]}], lr=0.1, momentum=0.9, weight_decay=0.5)
     opt.step()   # zero gradient: only the decay acts, w <- w (1 - lr wd)
-    assert torch.allclose(w.detach(), torch.tensor([0.95, -1.9]))
+    assert torch.allclose(w.detach(), torch.tensor([[0.95, -1.9]]))
+    assert torch.equal(b.detach(), torch.tensor([3.0]))       # biases / norm parameters: no decay (DINO)
+    set_weight_decay(opt, 0.2)                                  # a weight-decay schedule's step
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.2, 0.0]
 
 
 def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path):

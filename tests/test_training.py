@@ -7,6 +7,7 @@ import torch
 
 from common import checkpoint
 from conftest import TINY, read_metrics, run
+from test_methods import small_overrides
 
 
 def _weights(run_dir):
@@ -47,13 +48,16 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_run, tmp_path):
     assert b["ledger"]["local"]["train"] == pytest.approx(a["ledger"]["local"]["train"])
 
 
-def test_two_rank_first_update_equals_single_process(tmp_path):
-    """Same global batch of 16 on 1 rank and on 2 ranks x 8 (global-batch BN on both)."""
+@pytest.mark.parametrize("method", ["simsiam", "simclr", "mocov3"])
+def test_two_rank_first_update_equals_single_process(tmp_path, method):
+    """Same global batch of 16 on 1 rank and on 2 ranks x 8 (global-batch BN on both). SimCLR's
+    negatives are gathered with gradient, MoCo v3's keys without: both must give the 1-rank
+    loss and update (and MoCo v3's EMA key encoder the same target)."""
     outs = {}
     for n in (1, 2):
         outs[n] = str(tmp_path / f"ranks{n}")
-        run(["train_ssl.py"] + TINY + [f"output_dir={outs[n]}", "train.stop_at_step=1", "train.sync_bn=true"],
-            nproc=n)
+        run(["train_ssl.py"] + TINY + small_overrides(method)
+            + [f"output_dir={outs[n]}", "train.stop_at_step=1", "train.sync_bn=true"], nproc=n)
     one, two = _weights(outs[1]), _weights(outs[2])
     assert one["world_size"] == 1 and two["world_size"] == 2
     for k, v in one["model"].items():
@@ -67,7 +71,7 @@ def test_two_rank_first_update_equals_single_process(tmp_path):
     assert k1 == pytest.approx(k2, abs=1e-6)
     # the update is not trivially zero: the weights moved away from the seeded initialisation
     import selfsup
-    from models.resnet import build_backbone
+    from models import build_backbone
     from train_ssl import parse_config
     cfg = parse_config(TINY)
     torch.manual_seed(cfg.train.seed)

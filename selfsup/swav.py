@@ -1,0 +1,140 @@
+"""SwAV (Caron et al., NeurIPS 2020): swapped prediction of online cluster assignments.
+
+Each view's normalised projection z is scored against K prototypes (p = z C^T); codes q of the
+global views come from the Sinkhorn-Knopp algorithm on the scores (equal partition of the batch
+over the prototypes), and every other view predicts them:
+    loss = mean over global views i, other views v of  -sum_k q_i,k log softmax(p_v / tau)_k
+Sinkhorn's sums run over the global batch (all ranks). Prototypes are re-normalised before
+every step and frozen (gradients dropped) for the first freeze_prototypes_steps steps.
+
+Queue (for small batches): the projections of the global views of the last queue_length
+images, identical on every rank (enqueued from all ranks); each rank prepends its own 1/W
+slice of it to its batch in Sinkhorn, so the ranks together use every queue entry exactly
+once and a W-rank run sees the same problem as a 1-rank run. (SwAV keeps one queue per rank;
+a shared queue makes the checkpoint hold all of it.) Filling starts at queue_start_epoch, and
+the queue is used once full, as in SwAV.
+
+Defaults from the SwAV paper: 3000 prototypes, 128-d projection after a 2048 hidden layer,
+tau = 0.1, epsilon = 0.05, 3 Sinkhorn iterations, prototypes frozen for the first epoch
+(313 iterations at batch 4096); multi-crop 2 x 224 (0.14-1) + 6 x 96 (0.05-0.14) through
+data.local_views; queue 3840 from epoch 15 for batches of 256 (yaml/methods/).
+
+Pairs, for Hard Augment: pair_loss(a, b) of two global views is the swapped prediction of the
+pair, (H(q_a, p_b) + H(q_b, p_a)) / 2 per sample, with codes from Sinkhorn on each view's
+own batch of scores (no queue), all without touching the queue.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import dist
+from selfsup.base import SSLMethod, mlp
+from selfsup.registry import register
+
+DEFAULTS = {
+    "proj_hidden": 2048,
+    "proj_dim": 128,
+    "num_prototypes": 3000,
+    "temperature": 0.1,
+    "epsilon": 0.05,
+    "sinkhorn_iters": 3,
+    "freeze_prototypes_epochs": 1.0,
+    "queue_length": 0,          # 0: no queue
+    "queue_start_epoch": 15.0,
+}
+
+
+@torch.no_grad()
+def sinkhorn(scores, epsilon, iters):
+    """Codes for scores [B_local, K]: Q = exp(scores / eps) rescaled alternately so that each
+    prototype receives 1/K of the global batch's mass and each sample 1/B (SwAV Eq. 3, sums over
+    all ranks); returned per sample (rows sum to 1): [B_local, K]."""
+    scores = scores.float()
+    shift = dist.all_reduce_max(scores.max().clone())   # one shift for all ranks keeps exp finite
+    q = torch.exp((scores - shift) / epsilon).T         # [K, B_local]
+    k = q.shape[0]
+    b = dist.all_reduce_sum(torch.tensor([float(q.shape[1])], device=q.device)).item()
+    q /= dist.all_reduce_sum(q.sum().clone())
+    for _ in range(iters):
+        q /= dist.all_reduce_sum(q.sum(1, keepdim=True)) * k   # rows: each prototype 1/K
+        q /= q.sum(0, keepdim=True) * b                        # columns: each sample 1/B
+    return (q * b).T
+
+
+def swapped_prediction(codes, scores, temperature):
+    """Per-sample H(q, softmax(p / tau)) = -sum_k q_k log softmax(p / tau)_k."""
+    return -(codes * F.log_softmax(scores.float() / temperature, dim=1)).sum(1)
+
+
+@register("swav", DEFAULTS)
+class SwAV(SSLMethod):
+    def __init__(self, backbone, cfg):
+        super().__init__(backbone)
+        self.projector = mlp([backbone.num_features, cfg.proj_hidden, cfg.proj_dim], last_bn=False)
+        self.prototypes = nn.Linear(cfg.proj_dim, cfg.num_prototypes, bias=False)
+        self.cfg = cfg
+        self.register_buffer("queue", torch.zeros(cfg.queue_length, cfg.proj_dim))
+        self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))  # entries filled
+        self.freeze_steps = self.queue_start_step = 0
+
+    def prepare(self, total_steps, steps_per_epoch):
+        self.freeze_steps = int(round(self.cfg.freeze_prototypes_epochs * steps_per_epoch))
+        self.queue_start_step = int(round(self.cfg.queue_start_epoch * steps_per_epoch))
+
+    def begin_step(self, step):
+        super().begin_step(step)
+        with torch.no_grad():  # SwAV normalises the prototypes before each step
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+
+    def embed(self, views):
+        """Per view (z, p): normalised projection and prototype scores."""
+        outs = []
+        for v in views:
+            z = F.normalize(self.projector(self.backbone(v)), dim=1)
+            outs.append((z, self.prototypes(z)))
+        return outs
+
+    def codes(self, z, scores, use_queue):
+        if not use_queue:
+            return sinkhorn(scores.detach(), self.cfg.epsilon, self.cfg.sinkhorn_iters)
+        n, w = self.queue.shape[0], dist.world_size()
+        mine = self.queue[dist.rank() * n // w:(dist.rank() + 1) * n // w]
+        with torch.no_grad():
+            full = torch.cat([self.prototypes(mine.to(z.dtype)), scores.detach()], 0)
+        return sinkhorn(full, self.cfg.epsilon, self.cfg.sinkhorn_iters)[-z.shape[0]:]
+
+    def pair_loss(self, a, b):
+        c = self.cfg
+        qa, qb = sinkhorn(a[1].detach(), c.epsilon, c.sinkhorn_iters), sinkhorn(b[1].detach(), c.epsilon, c.sinkhorn_iters)
+        return 0.5 * (swapped_prediction(qa, b[1], c.temperature) + swapped_prediction(qb, a[1], c.temperature))
+
+    def forward(self, views, pairs=None, targets=None, local_views=None):
+        c = self.cfg
+        outs = self.embed(views)
+        scores = [p for _, p in outs] + [p for _, p in self.embed(local_views or [])]
+        use_queue = c.queue_length > 0 and bool(self.queue_count >= c.queue_length)
+        if pairs is None:
+            ordered = [(i, v) for i in range(len(outs)) for v in range(len(scores)) if v != i]
+        else:
+            ordered = [o for i, j in pairs for o in ((i, j), (j, i))]
+            ordered += [(i, v) for i in range(len(outs)) for v in range(len(outs), len(scores))]
+        q = {i: self.codes(outs[i][0], outs[i][1], use_queue) for i in sorted({i for i, _ in ordered})}
+        terms = [swapped_prediction(q[i], scores[v], c.temperature).mean() for i, v in ordered]
+        terms += [self.pair_loss(o, t).mean() for o in outs for t in (targets or [])]
+        if torch.is_grad_enabled():  # a training forward (not a validation loss)
+            self.update_state(outs, pairs)
+        return {"loss": torch.stack(terms).mean()}
+
+    @torch.no_grad()
+    def update_state(self, outs, pairs):
+        n = self.queue.shape[0]
+        if n == 0 or self.step < self.queue_start_step:
+            return
+        z = dist.all_gather_no_grad(torch.cat([z for z, _ in outs], 0).contiguous())
+        z = z[-n:]
+        self.queue.copy_(torch.cat([z.to(self.queue.dtype), self.queue[:n - z.shape[0]]], 0))  # newest first
+        self.queue_count.add_(z.shape[0]).clamp_(max=n)
+
+    def after_backward(self, step):
+        if step < self.freeze_steps:
+            self.prototypes.weight.grad = None
