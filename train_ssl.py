@@ -233,9 +233,15 @@ def main(cfg):
                 mean_loss = dist.all_reduce_mean(loss_sum / window["steps"]).item()
                 elapsed = time.perf_counter() - window["t"]
                 metrics = {"epoch": step / steps_per_epoch, "loss": mean_loss, "lr": float(lr_schedule[step - 1]),
-                           "momentum": optimizer.param_groups[0]["momentum"], "resolution": res,
+                           "resolution": res,
                            "magnitude": mag, "images_per_s": window["steps"] * cfg.train.batch_size / elapsed,
                            "train_pflops": ledger.global_total("train") / 1e15}
+                g0 = optimizer.param_groups[0]
+                if "momentum" in g0:  # SGD / LARS (AdamW has betas)
+                    metrics["momentum"] = g0["momentum"]
+                if wd_schedule is not None:
+                    metrics["weight_decay"] = float(wd_schedule[step - 1])
+                metrics.update(model.schedule_values())  # EMA momentum, teacher temperature, ...
                 if ha.enabled:
                     metrics["selection_pflops"] = ledger.global_total("selection") / 1e15
                 logger.log(metrics, step)

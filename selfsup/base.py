@@ -81,6 +81,10 @@ class SSLMethod(nn.Module):
     def prepare(self, total_steps, steps_per_epoch):
         """Precompute per-step arrays (EMA momentum, temperatures) for a run of total_steps."""
 
+    def schedule_values(self):
+        """The method's scheduled values at the current step, for the training log."""
+        return {"ema": float(self.ema[self.step])} if getattr(self, "ema", None) is not None else {}
+
     def begin_step(self, step):
         self.step = step
 

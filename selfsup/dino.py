@@ -107,6 +107,9 @@ class DINO(SSLMethod):
             return self.cfg.teacher_temp
         return float(self.teacher_temp[min(self.step, len(self.teacher_temp) - 1)])
 
+    def schedule_values(self):
+        return dict(super().schedule_values(), teacher_temp=self.current_teacher_temp())
+
     def student(self, x):
         return self.head(self.backbone(x))
 

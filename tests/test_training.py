@@ -1,5 +1,6 @@
 """End-to-end behaviour of train_ssl.py and linear_eval.py on tiny runs."""
 import json
+import math
 import os
 
 import pytest
@@ -148,3 +149,45 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     second = run(["train_ssl.py"] + TINY + [f"output_dir={out}", "train.epochs=40"])
     assert f"resuming from {out}/checkpoint.pt at step {stopped}/160" in second.stdout
     assert _weights(out)["step"] == 160
+
+
+def test_swav_multicrop_with_queue_resumes_exactly(tmp_path):
+    """Multi-crop views, SwAV's queue (filled from step 0, used once full) and the frozen-
+    prototype phase: an interrupted and resumed run equals an uninterrupted one."""
+    args = TINY + small_overrides("swav") + ["data.local_views=2", "data.local_crop_size=16",
+                                             "method.swav.queue_length=48", "method.swav.queue_start_epoch=0",
+                                             "method.swav.freeze_prototypes_epochs=0.5"]
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    run(["train_ssl.py"] + args + [f"output_dir={full}"])
+    run(["train_ssl.py"] + args + [f"output_dir={cut}", "train.stop_at_step=5"])
+    assert "resuming from" in run(["train_ssl.py"] + args + [f"output_dir={cut}"]).stdout
+    a, b = _weights(full), _weights(cut)
+    assert a["model"]["queue_count"].item() == 48
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_dino_on_a_vit_with_multicrop_adamw_and_schedules(tmp_path):
+    """DINO on a ViT (patch 8 on 32 px) with local crops, AdamW, the cosine weight-decay
+    schedule and gradient clipping; checkpoints carry the teacher's backbone, which
+    linear_eval.py reads back."""
+    out = str(tmp_path / "dino_vit")
+    run(["train_ssl.py"] + TINY + small_overrides("dino") + [
+        f"output_dir={out}", "model.arch=vit_t16", "model.patch_size=8", "data.local_views=2",
+        "data.local_crop_size=16", "optim.name=adamw", "optim.lr=5e-4", "optim.weight_decay=0.04",
+        "optim.weight_decay_end=0.4", "optim.clip_grad=3.0", "augment.blur_prob=[1.0,0.1]",
+        "augment.solarize_prob=[0.0,0.2]", "augment.local_blur_prob=0.5"])
+    state = _weights(out)
+    teacher = {k[len("teacher.nets.0."):]: v for k, v in state["model"].items() if k.startswith("teacher.nets.0.")}
+    assert teacher.keys() == state["backbone"].keys()
+    assert all(torch.equal(teacher[k], state["backbone"][k]) for k in teacher)
+    assert not torch.equal(state["model"]["backbone.blocks.0.qkv.weight"], teacher["blocks.0.qkv.weight"])
+    rows = [r for r in read_metrics(out) if "loss" in r]
+    assert len(rows) == 8 and all(math.isfinite(r["loss"]) for r in rows)
+    wd = [r["weight_decay"] for r in rows]                     # cosine 0.04 -> 0.4 over 8 steps
+    assert wd[0] == pytest.approx(0.04) and wd == sorted(wd) and wd[-1] == pytest.approx(0.4 - 0.36 * (1 + math.cos(math.pi * 7 / 8)) / 2)
+    assert rows[0]["ema"] == pytest.approx(0.996) and rows[0]["teacher_temp"] == pytest.approx(0.04)
+    run(["linear_eval.py", "--checkpoint", os.path.join(out, "checkpoint.pt"), "eval.epochs=1",
+         "eval.batch_size=32", "eval.optimizer=sgd", "data.workers=0"])
+    with open(os.path.join(out, "linear_eval.json")) as f:
+        assert 0 <= json.load(f)["top1"] <= 100
