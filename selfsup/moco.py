@@ -83,9 +83,26 @@ class MoCo(SSLMethod):
             return F.normalize(shuffled_forward(self.target, x, self.step), dim=1)
         return F.normalize(self.target(x), dim=1)
 
+    def query(self, x):
+        return F.normalize(self.projector(self.backbone(x)), dim=1)
+
     def embed(self, views):
         """Per view (q, k): query (with gradient) and momentum key, both L2-normalised."""
-        return [(F.normalize(self.projector(self.backbone(v)), dim=1), self.keys(v)) for v in views]
+        return [(self.query(v), self.keys(v)) for v in views]
+
+    def forward(self, views, pairs=None, targets=None, local_views=None):
+        if self.symmetric or targets or local_views:
+            return super().forward(views, pairs, targets, local_views)
+        # asymmetric MoCo computes only what ctr(q_i, k_j) needs: queries of the views i,
+        # keys of the views j (MoCo's own step: one query and one key forward, not two each)
+        if pairs is None:
+            pairs = [(i, j) for i in range(len(views)) for j in range(i + 1, len(views))]
+        q = {i: self.query(views[i]) for i in sorted({i for i, _ in pairs})}
+        k = {j: self.keys(views[j]) for j in sorted({j for _, j in pairs})}
+        loss = torch.stack([info_nce(q[i], k[j], self.queue, self.temperature).mean() for i, j in pairs]).mean()
+        if torch.is_grad_enabled():
+            self.enqueue(torch.cat([k[j] for j in sorted(k)], 0))
+        return {"loss": loss}
 
     def pair_loss(self, a, b):
         """ctr(q_a, k_b) against the queue; + ctr(q_b, k_a) for the symmetric v2+."""

@@ -247,3 +247,15 @@ def test_global_batchnorm_conversion_keeps_momentum_targets_frozen():
     assert any(isinstance(x, GlobalBatchNorm) for x in m.target.modules())
     assert not any(p.requires_grad for p in m.target.parameters())
     assert sum(p.numel() for g in m.param_groups() for p in g["params"]) == before
+
+
+def test_asymmetric_moco_forward_equals_the_pairwise_loss_and_enqueues_the_keys():
+    torch.manual_seed(0)
+    m = build("mocov2", queue_size=64, shuffle_bn=False)
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    with torch.no_grad():
+        outs = m.embed(views)
+        expected = m.pair_loss(outs[0], outs[1]).mean()
+    loss = m(views)["loss"]                      # the short path: q of view 0, k of view 1 only
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(m.queue[:4], outs[1][1], atol=1e-6) and m.queue_ptr.item() == 4
