@@ -259,3 +259,22 @@ def test_asymmetric_moco_forward_equals_the_pairwise_loss_and_enqueues_the_keys(
     loss = m(views)["loss"]                      # the short path: q of view 0, k of view 1 only
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.allclose(m.queue[:4], outs[1][1], atol=1e-6) and m.queue_ptr.item() == 4
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_hard_augment_ranks_pairs_for_every_method(name):
+    """Hard Augment (WACV'23 Eq. 10) works through embed + pair_loss for every method, leaves
+    the method's state (queue, centre, BN running statistics) alone, and the chosen views train."""
+    from accel import hard_augment
+    torch.manual_seed(0)
+    m = build(name)
+    m.prepare(10, 5)
+    m.begin_step(0)
+    views = [torch.randn(8, 3, 16, 16) for _ in range(4)]
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    losses, pairs, _ = hard_augment.pair_losses(m, views, r_sel=8)
+    assert losses.shape == (8, 6) and torch.isfinite(losses).all()
+    chosen, _, picked = hard_augment.select(m, views, 8, "hard")
+    assert picked.item() == pytest.approx(losses.max(1).values.mean().item(), rel=1e-5)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items() if "num_batches" not in k)
+    m(chosen)["loss"].backward()
