@@ -67,13 +67,21 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def stem(self, x):
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def stage(self, i):
+        """Stage i (1-4) as a module; block i of the intermediate-loss paper is stem + stage 1
+        for i = 1, stage i otherwise."""
+        return (self.layer1, self.layer2, self.layer3, self.layer4)[i - 1]
+
     def forward_stages(self, x, upto=4):
         """Feature maps after stages 1..upto (the stem belongs to block 1); stages after `upto`
         are not computed."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.stem(x)
         feats = []
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4)[:upto]:
-            x = stage(x)
+        for i in range(1, upto + 1):
+            x = self.stage(i)(x)
             feats.append(x)
         return feats
 
