@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Do partial back-propagation (PB) and block-wise hard pairs (HP) save what the paper says?
+
+Intermediate-loss paper, Table 6: training time of MoCo v2 / SimCLR relative to the standard
+method, +PB 3.7, +HP 3.4, +PB+HP 2.8 of 4.3 GPU-days (0.86, 0.79, 0.65). Runs train_ssl.py side
+by side in one invocation at CPU scale on CIFAR-10 (the ImageFolder copy beside the repo; the
+synthetic set if absent), SimCLR with a CIFAR-stem ResNet-18:
+  1. baseline, +PB, +HP, +PB+HP for a few epochs each: training FLOPs per step (the ledger:
+     truncated forward, shorter backward, cropped maps, the M x M head passes) and wall time per
+     step, both as ratios to the baseline;
+  2. kNN top-1 at an equal wall-clock budget (the paper's Fig. 3 claim): the baseline for
+     --epochs, and PB+HP for as many more epochs as its measured wall-time ratio buys.
+
+    python benchmarks/interloss.py                      # ~12 min on 2 CPU cores
+    python benchmarks/interloss.py --method mocov2 --epochs 10
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR10 = os.path.join(REPO, "..", "shared", "datasets", "cifar10")
+PAPER = {"+PB": 3.7 / 4.3, "+HP": 3.4 / 4.3, "+PB+HP": 2.8 / 4.3}
+HP = ["interloss.hard_pairs=true", "interloss.pair_blocks=[1,2]", "interloss.candidates=4", "interloss.crop=0.75"]
+SETTINGS = {
+    "baseline": [],
+    "+PB": ["interloss.partial_backprop=true"],
+    "+HP": ["interloss.aux_losses=true"] + HP,
+    "+PB+HP": ["interloss.partial_backprop=true"] + HP,
+}
+HEADS = {"simclr": ["method.simclr.proj_hidden=512", "method.simclr.temperature=0.2"],
+         "mocov2": ["method.mocov2.proj_hidden=512", "method.mocov2.queue_size=4096", "method.mocov2.temperature=0.2"]}
+
+
+def common_args(args):
+    if os.path.isdir(os.path.join(CIFAR10, "train")):
+        data = ["--config", "yaml/cifar10_simsiam_cpu.yaml", f"data.root={CIFAR10}",
+                f"data.subset_per_class={args.per_class}", f"data.val_subset_per_class={args.per_class // 5}"]
+    else:
+        data = [f"data.synthetic_train_size={10 * args.per_class}"]
+    return data + [f"model.width={args.width}", "train.batch_size=128", "knn.every_epochs=0", "train.log_every=1",
+                   "train.ckpt_every_steps=0", f"train.threads={args.threads}", f"method.name={args.method}"] + HEADS[args.method]
+
+
+def run(args, extra, epochs):
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "train_ssl.py"] + common_args(args) + extra + [f"train.epochs={epochs}", f"output_dir={out}"]
+        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if p.returncode:
+            raise RuntimeError(p.stderr[-2000:])
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+    train = [r for r in rows if "loss" in r]
+    skip = min(5, len(train) - 1)  # the first steps measure FLOPs (FlopCounterMode) and warm up
+    return {"flops_step": train[-1]["train_pflops"] * 1e15 / train[-1]["step"],
+            "wall_step": (train[-1]["time"] - train[skip - 1]["time"]) / (train[-1]["step"] - train[skip - 1]["step"]),
+            "wall": train[-1]["time"] - rows[0]["time"], "knn": rows[-1]["knn_top1"], "steps": train[-1]["step"]}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="simclr", choices=sorted(HEADS))
+    p.add_argument("--epochs", type=int, default=8, help="baseline epochs of part 2")
+    p.add_argument("--probe-epochs", type=int, default=2, help="epochs per setting in part 1")
+    p.add_argument("--per-class", type=int, default=500)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    res = {name: run(args, extra, args.probe_epochs) for name, extra in SETTINGS.items()}
+    b = res["baseline"]
+    print(f"{args.method}, CIFAR-stem ResNet-18 width {args.width}, {args.per_class} images/class, 32 px, batch 128, "
+          f"{args.threads} threads, device: cpu")
+    print(f"{'setting':<10}{'GFLOPs/step':>12}{'FLOPs ratio':>12}{'s/step':>8}{'wall ratio':>11}{'paper time ratio':>17}")
+    for name, r in res.items():
+        paper = f"{PAPER[name]:.2f}" if name in PAPER else "1.00"
+        print(f"{name:<10}{r['flops_step'] / 1e9:>12.2f}{r['flops_step'] / b['flops_step']:>12.2f}{r['wall_step']:>8.3f}"
+              f"{r['wall_step'] / b['wall_step']:>11.2f}{paper:>17}")
+    ratio = res["+PB+HP"]["wall_step"] / b["wall_step"]
+    accel_epochs = max(1, round(args.epochs / ratio))
+    base = run(args, SETTINGS["baseline"], args.epochs)
+    accel = run(args, SETTINGS["+PB+HP"], accel_epochs)
+    print(f"\nequal wall-clock budget: baseline {args.epochs} epochs vs +PB+HP {accel_epochs} epochs")
+    print(f"{'setting':<10}{'epochs':>7}{'steps':>7}{'wall s':>8}{'kNN top-1 %':>13}")
+    for name, e, r in (("baseline", args.epochs, base), ("+PB+HP", accel_epochs, accel)):
+        print(f"{name:<10}{e:>7}{r['steps']:>7}{r['wall']:>8.0f}{r['knn']:>13.2f}")
+
+
+if __name__ == "__main__":
+    main()
