@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import selfsup
-from accel import cost, hard_augment, progressive, schedules
+from accel import compression, cost, hard_augment, progressive, schedules
 from common import checkpoint, dist
 from common.config import DEFAULTS, ConfigError, diff_configs, parse_cli, save_config
 from common.flops import FlopLedger
@@ -30,6 +30,7 @@ from data.augment import DeviceAugment
 from data.multiview import sample_generator
 from evaluation.knn import knn_top1
 from models.batchnorm import convert_sync_bn
+from selfsup.blockwise import BlockwiseMethod
 from models import build_backbone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -102,24 +103,36 @@ def main(cfg):
     resolution = cfg.augment.resolution or cfg.data.crop_size
 
     # ---- model
-    model = selfsup.build_method(cfg.method, build_backbone(cfg.model))
+    il = cfg.interloss
+    blockwise = il.aux_losses or il.partial_backprop or il.hard_pairs
+    if blockwise:  # intermediate losses: a head per block around the method (selfsup/blockwise.py)
+        model = BlockwiseMethod(cfg.method, build_backbone(cfg.model), il, cfg.train.seed)
+    else:
+        model = selfsup.build_method(cfg.method, build_backbone(cfg.model))
     if cfg.train.sync_bn and world > 1:
         model = convert_sync_bn(model, device)
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    # partial back-propagation leaves blocks and heads out of some steps: DDP must not wait for them
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+              find_unused_parameters=blockwise) if world > 1 else model
 
     # ---- optimizer and per-iteration schedules
     steps_per_epoch = sampler.steps_per_epoch
-    total_steps = cfg.train.epochs * steps_per_epoch
+    # NeurIPS'24 sequence compression: per-step (drop ratio, patch size) of query and key, and the
+    # run length in steps -- train.epochs, or train.budget sample-cost units (accel/compression.py)
+    plan = compression.CompressionPlan(cfg, model, steps_per_epoch, cfg.train.batch_size)
+    total_steps, n_epochs = plan.total_steps, plan.epochs
     lr = cfg.optim.lr * (cfg.train.batch_size / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
     optimizer = build_optimizer(cfg.optim.name, model.param_groups(), lr, cfg.optim.momentum, cfg.optim.weight_decay)
     lr_schedule, momentum_schedule = schedules.build_lr_schedule(cfg.optim, total_steps, steps_per_epoch, lr)
     wd_schedule = None if cfg.optim.weight_decay_end is None else \
         schedules.cosine(total_steps, cfg.optim.weight_decay, float(cfg.optim.weight_decay_end))
+    # with a budget, warm-up and decay follow the fraction of budget spent (identity otherwise)
+    lr_schedule, momentum_schedule, wd_schedule = map(plan.follow, (lr_schedule, momentum_schedule, wd_schedule))
     model.prepare(total_steps, steps_per_epoch)  # the method's own per-step arrays (EMA momentum, temperatures)
-    warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    warmup_steps = schedules.warmup_steps_of(cfg.optim, total_steps, steps_per_epoch)
     res_schedule, mag_schedule = progressive.build_progressive(cfg.accel.progressive, total_steps, warmup_steps,
                                                                resolution, cfg.augment.magnitude)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
@@ -182,7 +195,7 @@ def main(cfg):
     bar = tqdm(total=total_steps, initial=step, disable=not is_main, dynamic_ncols=True, mininterval=2)
     loss_sum = torch.zeros((), device=device)
     window = {"t": time.perf_counter(), "steps": 0}
-    for epoch in range(step // steps_per_epoch, cfg.train.epochs):
+    for epoch in range(step // steps_per_epoch, n_epochs):
         sampler.set_epoch(epoch, skip_steps=step - epoch * steps_per_epoch)
         model.train()
         for batch in loader:
@@ -208,8 +221,10 @@ def main(cfg):
                         views, targets, _ = hard_augment.select(
                             model, views, ha.r_sel, ha.selection, ha.extra_targets,
                             sample_generator(cfg.train.seed, step, dist.rank()))
-            with ledger.count(("train", res, len(views), local_batch, targets is not None)):
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with ledger.count(("train", res, len(views), local_batch, targets is not None) + model.ledger_key()
+                              + plan.key(step)):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), \
+                        plan.context(model, step, sample_generator(cfg.train.seed, step, dist.rank(), 9)):
                     loss = ddp(views, targets=targets, local_views=local_views)["loss"]
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -220,6 +235,7 @@ def main(cfg):
             scaler.step(optimizer)
             scaler.update()
             model.on_step(step)
+            ledger.add("budget_units", plan.units(step, res, local_batch, len(views), len(local_views or ())))
             step += 1
             loss_sum += loss.detach().float()
             window["steps"] += 1
@@ -236,6 +252,11 @@ def main(cfg):
                            "resolution": res,
                            "magnitude": mag, "images_per_s": window["steps"] * cfg.train.batch_size / elapsed,
                            "train_pflops": ledger.global_total("train") / 1e15}
+                if plan.vit:  # NeurIPS'24 sample-cost units (Table 1), cumulative over ranks
+                    metrics["budget_units"] = ledger.global_total("budget_units")
+                    if plan.active:
+                        metrics.update(zip(("drop_ratio", "patch_size", "key_drop_ratio", "key_patch_size"),
+                                           plan.stage(step - 1)))
                 g0 = optimizer.param_groups[0]
                 if "momentum" in g0:  # SGD / LARS (AdamW has betas)
                     metrics["momentum"] = g0["momentum"]
@@ -256,19 +277,23 @@ def main(cfg):
                 logger.print(f"stopped at step {step}; re-run the same command to resume")
                 logger.close()
                 return
+            if step >= total_steps:  # a train.budget run ends inside its last epoch
+                break
 
         done = epoch + 1
-        if cfg.knn.every_epochs and done % cfg.knn.every_epochs == 0 and done < cfg.train.epochs:
+        if cfg.knn.every_epochs and done % cfg.knn.every_epochs == 0 and done < n_epochs:
             logger.log({"epoch": float(done), "knn_top1": knn()}, step)
         save(done, snapshot=bool(cfg.train.snapshot_every_epochs) and done % cfg.train.snapshot_every_epochs == 0)
     bar.close()
 
     knn_end = knn()
-    summary = {"epoch": float(cfg.train.epochs), "knn_top1": knn_end, "knn_start": knn_start,
+    summary = {"epoch": step / steps_per_epoch, "knn_top1": knn_end, "knn_start": knn_start,
                "train_pflops": ledger.global_total("train") / 1e15}
     summary.update(speedup_vs_full_resolution(ledger, res_schedule, resolution, local_batch, ha))
+    if plan.vit:
+        summary["budget_units"] = ledger.global_total("budget_units")
     logger.log(summary, step)
-    logger.print(f"kNN top-1: {knn_start:.2f}% at start -> {knn_end:.2f}% after {cfg.train.epochs} epochs "
+    logger.print(f"kNN top-1: {knn_start:.2f}% at start -> {knn_end:.2f}% after {step / steps_per_epoch:g} epochs "
                  f"({ledger.global_total('train') / 1e15:.4g} training PFLOPs)")
     logger.close()
 

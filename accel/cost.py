@@ -40,3 +40,45 @@ def selection_overhead(r, r_hat, large_batch_factor=2.0, C=3.5):
     Table 4.6 (ResNet-50, r = 224, b-bar = 2b): 4.7 / 10.5 / 18.7 / 57.2 % at r_hat 64 / 96 / 128 / 224
     (C = 3.5 is inferred from those four figures; it gives 4.7 / 10.5 / 18.7 / 57.1 %)."""
     return large_batch_factor * r_hat ** 2 / (C * r ** 2)
+
+
+# ---- ViT sequence compression (NeurIPS'24 sec. 4.3-4.4, Table 1)
+
+def sequence_length(image_size, patch_size, drop_ratio=0.0):
+    """Patch tokens after compression, sec. 4.3: L = (1 - d) floor(HW / q^2). image_size: an int
+    (square) or (H, W). Prefix (class) tokens are not included; the count can be fractional."""
+    h, w = (image_size, image_size) if isinstance(image_size, (int, float)) else image_size
+    return (1.0 - drop_ratio) * float((int(h) * int(w)) // (int(patch_size) ** 2))
+
+
+def vit_sample_cost(method, L_q, L_k, K=0, L_q_small=0.0, L_base=197):
+    """Hardware-independent cost of one sample, Table 1, in units of a forward pass of an
+    uncompressed 197-token sequence. A forward costs L, a backward 2L (sec. 4.4), so a query that
+    is back-propagated costs 3 L_q and a momentum key L_k. The L's include the class token.
+        SimCLR   3 (L_q + L_k) / L_base       (both views through the trained encoder)
+        MoCo v3  (3 L_q + L_k) / L_base       (key from the momentum encoder, forward only)
+        DINO     (3 L_q + 3 K L_q_small + L_k) / L_base   (K small crops as extra queries)"""
+    if method == "simclr":
+        return 3.0 * (L_q + L_k) / L_base
+    if method == "mocov3":
+        return (3.0 * L_q + L_k) / L_base
+    if method == "dino":
+        return (3.0 * L_q + 3.0 * K * L_q_small + L_k) / L_base
+    raise ValueError(f"vit_sample_cost: method '{method}' is not one of simclr, mocov3, dino")
+
+
+def vit_image_cost(has_target, n_views, L_q, L_k, n_local=0, L_small=0.0, L_base=197):
+    """Cost units of one image in one training step of this repository's loop, counted as Table 1
+    counts them (forward L, backward 2L) but over the views the loop actually computes: every
+    global view is back-propagated through the online encoder (3 L_q) and, with a momentum
+    target, also encoded by it as a key (L_k); local crops are online queries (3 L_small).
+    With 2 views this is SimCLR's Table 1 cost (no target, L_k = L_q), and twice MoCo v3's
+    (the symmetrised loss runs both views as queries and as keys; the paper's footnote to Fig. 5
+    counts the official symmetric MoCo v3 the same way: 300 x 2 epochs = 6168M on ImageNet-1k).
+    For DINO it counts both global views as students and as teachers, which Table 1's formula
+    (one query, one key) does not."""
+    if has_target:
+        units = n_views * (3.0 * L_q + L_k)
+    else:
+        units = n_views * 3.0 * L_q
+    return (units + 3.0 * n_local * L_small) / L_base

@@ -59,9 +59,19 @@ def constant(total_steps, value):
     return np.full(total_steps, float(value))
 
 
+def warmup_steps_of(optim_cfg, total_steps, steps_per_epoch):
+    """optim.warmup_fraction of total_steps when set (budget runs), else optim.warmup_epochs."""
+    fraction = optim_cfg.get("warmup_fraction", 0.0)
+    if fraction:
+        if not 0.0 < fraction < 1.0:
+            raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {fraction}")
+        return int(round(fraction * total_steps))
+    return int(round(optim_cfg.warmup_epochs * steps_per_epoch))
+
+
 def build_lr_schedule(optim_cfg, total_steps, steps_per_epoch, lr_max):
     """(lr array, momentum array or None) for optim.schedule. None: momentum stays optim.momentum."""
-    warmup = int(round(optim_cfg.warmup_epochs * steps_per_epoch))
+    warmup = warmup_steps_of(optim_cfg, total_steps, steps_per_epoch)
     name = optim_cfg.schedule
     if name == "cosine":
         return warmup_cosine(total_steps, warmup, lr_max, optim_cfg.final_lr), None

@@ -94,6 +94,7 @@ DEFAULTS = {
         # onecycle: Eq. 7, first phase onecycle_pct of training (accel/schedules.py)
         "schedule": "cosine",
         "warmup_epochs": 0.0,
+        "warmup_fraction": 0.0,       # >0: warm-up as this fraction of training (of train.budget), instead of warmup_epochs
         "final_lr": 0.0,
         "momentum_low": 0.85,         # f1clr / onecycle: momentum falls to this while lr peaks
         "momentum_high": 0.95,
@@ -123,6 +124,33 @@ DEFAULTS = {
             "selection": "hard",      # hard | easy | random (random is the control)
             "extra_targets": False,   # Table 9: the unselected low-resolution views as extra targets
         },
+        # NeurIPS'24 ViT sequence compression (accel/token_dropout.py, accel/flexi_patch.py,
+        # accel/compression.py): token dropout d keeps round((1-d) N) patch tokens per sample;
+        # patch size q resizes the patch kernel (Eq. 3's pseudo-inverse). The query setting acts on
+        # the online encoder, the key setting on a momentum target (MoCo v3, DINO); methods without
+        # a target (SimCLR) compress every view with the query setting (symmetric). DINO's local
+        # crops are never compressed.
+        "compression": {
+            "drop_ratio": 0.0,        # query token dropout d
+            "patch_size": 0,          # query patch size q; 0 = model.patch_size
+            "key_drop_ratio": 0.0,    # key (momentum target) token dropout; 0 = full key (asymmetric, Table 2a)
+            "key_patch_size": 0,      # key patch size; 0 = the query's (symmetric patch scaling, Table 2c)
+            "schedule": None,         # YAML file: fraction of training -> stage (grad_error.py writes it)
+        },
+    },
+    "interloss": {
+        # Intermediate contrastive losses (selfsup/blockwise.py): a head and the method's loss
+        # after each ResNet block. Switched on by any of aux_losses / partial_backprop / hard_pairs.
+        "aux_losses": False,          # every block's loss, every step (mean), full back-propagation
+        "partial_backprop": False,    # Algorithm 1: one block loss per step, forward stops there
+        "loss_probs": [],             # probabilities of blocks 1..n (default uniform)
+        "bp_scheme": "to_input",      # to_input | nearby | skipping (Table 4; accel/partial_backprop.py)
+        "nearby_blocks": 2,           # nearby: blocks back-propagated, ending at the drawn one
+        "hard_pairs": False,          # Eq. 4: hardest of M x M feature-map crop pairs goes on
+        "pair_blocks": [1, 2],        # after these blocks (the paper: 1 and 2)
+        "candidates": 4,              # M (Table 7)
+        "crop": 0.75,                 # crop side / map side (the paper: 3/4)
+        "selection": "hard",          # hard | easy | random | hard_example (Table 5)
     },
     "train": {
         "epochs": 100,
@@ -137,6 +165,10 @@ DEFAULTS = {
         "ckpt_every_steps": 200,      # checkpoint.pt refresh inside an epoch (0: end of epoch only)
         "snapshot_every_epochs": 0,   # also keep ckpt_XXXX.pt every N epochs (0: never)
         "stop_at_step": 0,            # >0: save and exit after this global step, as a pre-emption would
+        # >0: train for this many sample-cost units (NeurIPS'24 Table 1, ViTs only) instead of
+        # train.epochs; the step count follows up front from the compression schedule's per-step
+        # cost, and the lr schedule (warm-up included) follows the fraction of budget spent
+        "budget": 0.0,
     },
     "knn": {
         "k": 200,
@@ -157,6 +189,14 @@ DEFAULTS = {
         "sb_history": 1024,           # Selective-Backprop: number of recent losses for the percentile
         "target_top1": 0.0,           # > 0: stop once validation top-1 reaches it and report the steps (xTS)
         "eval_every_epochs": 1.0,     # validation top-1 every this many epochs
+    },
+    "ubn": {
+        # train_supervised.py: semi-supervised classification with Unsupervised Batch Normalization
+        # (thesis ch. 2, Fig. 2.1 / Eq. 2.4, accel/ubn.py; the thesis's future work, sec. 5.2.1).
+        "labels_per_class": 0,        # >0: only the first N training images of each class keep their label
+        "enabled": False,             # true: BN statistics of labeled + unlabeled batch (UBN); false: BN
+        "unlabeled_batch_size": 0,    # global unlabeled batch drawn from all training images; 0 = train.batch_size
+        "grad_through_stats": False,  # false: step 1's statistics are constants in step 2 (accel/ubn.py)
     },
     "lr_finder": {
         # lr_finder.py: the LR range test (Smith; WACV'23 supplementary C): the learning rate rises

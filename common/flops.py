@@ -17,6 +17,24 @@ from torch.utils.flop_counter import FlopCounterMode
 from common import dist
 
 
+def _cpu_attention_flops():
+    """torch's flop counter has formulas for the CUDA attention kernels but not for the CPU one
+    that F.scaled_dot_product_attention dispatches to, so a ViT's attention would count 0 FLOPs
+    on the CPU (found by benchmarks/vit_compression.py); count it with torch's own SDPA formulas."""
+    from torch.utils import flop_counter as fc
+    fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is None or bwd is None or not hasattr(fc, "sdpa_flop_count"):
+        return {}
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return fc.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+    return {fwd: forward, bwd: backward}
+
+
 class FlopLedger:
     def __init__(self):
         self.per_key = {}
@@ -27,10 +45,15 @@ class FlopLedger:
         if key in self.per_key:
             yield
         else:
-            with FlopCounterMode(display=False) as counter:
+            with FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops()) as counter:
                 yield
             self.per_key[key] = float(counter.get_total_flops())
         self.local[kind] += self.per_key[key]
+
+    def add(self, kind, amount):
+        """Accumulate an analytic quantity next to the measured FLOPs (NeurIPS'24 sample-cost
+        units, `budget_units`): saved, resumed and summed over ranks like them."""
+        self.local[kind] += float(amount)
 
     def flops_of(self, key):
         return self.per_key.get(key)

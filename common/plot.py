@@ -58,3 +58,49 @@ def line_plot(path, series, title="", xlabel="", ylabel="", logx=False, vlines=(
     d.text(((w - len(xlabel) * 6) / 2, h - 18), xlabel, fill="black")
     d.text((5, 8), ylabel, fill="black")
     img.save(path)
+
+
+def _ramp(t):
+    """Colour of t in [0, 1]: dark blue -> teal -> yellow (a viridis-like ramp)."""
+    stops = [(0.0, (68, 1, 84)), (0.33, (49, 104, 142)), (0.66, (53, 183, 121)), (1.0, (253, 231, 37))]
+    for (t0, c0), (t1, c1) in zip(stops, stops[1:]):
+        if t <= t1:
+            u = (t - t0) / (t1 - t0)
+            return tuple(int(a + (b - a) * u) for a, b in zip(c0, c1))
+    return stops[-1][1]
+
+
+def heatmap(path, panels, row_labels, col_labels, xlabel="", ylabel="", log=True, cell=(64, 30)):
+    """panels: [(title, grid)] with grid[row][col] numbers; one heat-map per panel, side by side,
+    each with its own colour scale (log10 of the values when `log`), the value printed in each
+    cell and the smallest cell outlined. Used for NeurIPS'24 Fig. 4 (grad_error.py)."""
+    cw, ch = cell
+    left, top, gap = 50, 40, 30
+    nr, nc = len(row_labels), len(col_labels)
+    pw, ph = left + nc * cw, top + nr * ch + 30
+    img = Image.new("RGB", (len(panels) * (pw + gap), ph + 20), "white")
+    d = ImageDraw.Draw(img)
+    for k, (title, grid) in enumerate(panels):
+        ox = k * (pw + gap)
+        vals = [v for row in grid for v in row if math.isfinite(v) and (v > 0 or not log)]
+        f = (lambda v: math.log10(v)) if log else (lambda v: v)
+        lo, hi = (min(map(f, vals)), max(map(f, vals))) if vals else (0.0, 1.0)
+        best = min(((v, i, j) for i, row in enumerate(grid) for j, v in enumerate(row) if math.isfinite(v)),
+                   default=None)
+        d.text((ox + left, 8), title, fill="black")
+        for i, row in enumerate(grid):
+            d.text((ox + 5, top + i * ch + 8), str(row_labels[i]), fill="black")
+            for j, v in enumerate(row):
+                x0, y0 = ox + left + j * cw, top + i * ch
+                ok = math.isfinite(v) and (v > 0 or not log)
+                t = (f(v) - lo) / (hi - lo) if ok and hi > lo else 0.5
+                colour = _ramp(t) if ok else (200, 200, 200)
+                d.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], fill=colour)
+                d.text((x0 + 4, y0 + 8), f"{v:.3g}", fill="white" if t < 0.6 else "black")
+                if best is not None and (i, j) == best[1:]:
+                    d.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], outline="red", width=2)
+        for j, lab in enumerate(col_labels):
+            d.text((ox + left + j * cw + 18, top + nr * ch + 4), str(lab), fill="black")
+        d.text((ox + left, top + nr * ch + 18), xlabel, fill="black")
+        d.text((ox + 5, top - 14), ylabel, fill="black")
+    img.save(path)

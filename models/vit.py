@@ -6,6 +6,14 @@ any resolution divisible by the patch size: a 96 px selection pass and a 224 px 
 The forward is split in two so that sequence compression (NeurIPS'24) can act between them:
 `tokens(x)` embeds patches and adds position embeddings ([B, N, D], any N), `encode(tokens)`
 prepends the class token and runs the blocks, so the encoder accepts any number of tokens.
+
+Sequence compression (NeurIPS'24 sec. 4, accel/token_dropout.py): when `self.compression` is set
+(by `accel.token_dropout.compressed`), the forward embeds patches of size `patch_size` with the
+stored kernel resized by the pseudo-inverse of Eq. 3 (accel/flexi_patch.py), then drops a
+random fraction of the patch tokens after the position embeddings are added; the class token
+is prepended afterwards, so it is always kept. Position embeddings need no resampling: they are
+the fixed sin-cos table computed for whatever grid the patch size gives (a learned table would
+have to be interpolated to the new grid; this one is simply evaluated on it).
 """
 import functools
 
@@ -13,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from accel.flexi_patch import resize_patch_embed
+from accel.token_dropout import drop_tokens
 from common.config import ConfigError
 
 SIZES = {"vit_t16": (192, 12, 3), "vit_s16": (384, 12, 6), "vit_b16": (768, 12, 12)}  # dim, depth, heads
@@ -51,6 +61,7 @@ class ViT(nn.Module):
             raise ConfigError(f"model.arch '{arch}' is not one of {sorted(SIZES)}")
         dim, depth, heads = SIZES[arch]
         self.patch_size, self.num_features = patch_size, dim
+        self.compression = None   # accel.token_dropout.Compression, set around a forward
         self.patch_embed = nn.Conv2d(3, dim, patch_size, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
@@ -69,9 +80,14 @@ class ViT(nn.Module):
             # (loss spikes) that starts in the first layer
             self.patch_embed.requires_grad_(False)
 
-    def tokens(self, x):
-        """Patch tokens with position embeddings for this input's grid: [B, N, dim]."""
-        x = self.patch_embed(x)
+    def tokens(self, x, patch_size=0):
+        """Patch tokens with position embeddings for this input's grid: [B, N, dim]. patch_size
+        other than the model's: the kernel is resized by Eq. 3's pseudo-inverse (flexi_patch)."""
+        if patch_size and patch_size != self.patch_size:
+            weight = resize_patch_embed(self.patch_embed.weight, patch_size)
+            x = F.conv2d(x, weight, self.patch_embed.bias, stride=patch_size)
+        else:
+            x = self.patch_embed(x)
         b, d, h, w = x.shape
         return x.flatten(2).transpose(1, 2) + sincos_2d(h, w, d).to(x)
 
@@ -83,4 +99,10 @@ class ViT(nn.Module):
         return self.norm(x)[:, 0]
 
     def forward(self, x):
-        return self.encode(self.tokens(x))
+        c = self.compression
+        if c is None:
+            return self.encode(self.tokens(x))
+        t = self.tokens(x, c.patch_size)
+        if c.drop_ratio > 0:  # after the position embeddings, before the class token (sec. 4.1)
+            t = drop_tokens(t, c.drop_ratio, c.generator)
+        return self.encode(t)

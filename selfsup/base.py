@@ -24,6 +24,8 @@ import itertools
 import torch
 import torch.nn as nn
 
+from accel import token_dropout
+
 
 def mlp(dims, last_bn=True, last_bn_affine=False, bn=True, act=nn.ReLU):
     """Linear-[BN]-act stack; the last layer gets BN (without affine parameters by default, as in
@@ -61,7 +63,9 @@ class SSLMethod(nn.Module):
         terms = [self.pair_loss(outs[i], outs[j]).mean() for i, j in pairs]
         terms += [self.pair_loss(out, t).mean() for out in outs for t in (targets or [])]
         if local_views:
-            terms += [self.pair_loss(out, lo).mean() for out in outs for lo in self.embed(local_views)]
+            with token_dropout.uncompressed(self.backbone):  # small crops: never compressed (NeurIPS'24 6.4)
+                local_outs = self.embed(local_views)
+            terms += [self.pair_loss(out, lo).mean() for out in outs for lo in local_outs]
         if torch.is_grad_enabled():  # a training forward (not a validation loss)
             self.update_state(outs, pairs)
         return {"loss": torch.stack(terms).mean()}
@@ -84,6 +88,10 @@ class SSLMethod(nn.Module):
     def schedule_values(self):
         """The method's scheduled values at the current step, for the training log."""
         return {"ema": float(self.ema[self.step])} if getattr(self, "ema", None) is not None else {}
+
+    def ledger_key(self):
+        """Anything else a step's cost depends on (the FLOP ledger measures each key once)."""
+        return ()
 
     def begin_step(self, step):
         self.step = step

@@ -18,12 +18,16 @@ Pairs, for Hard Augment and extra targets: pair_loss(a, b) of two global views i
 symmetric (H(P_t(a), P_s(b)) + H(P_t(b), P_s(a))) / 2 per sample, with the current centre and
 teacher temperature. Local views are never teachers, and they are not ranked: Hard Augment
 picks the 2 global views, the local crops are added afterwards.
+
+ViT sequence compression (NeurIPS'24, accel/token_dropout.py) applies to the global views only:
+the student pass over the local crops runs inside `token_dropout.uncompressed`.
 """
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from accel import token_dropout
 from common import dist
 from selfsup.base import SSLMethod, mlp
 from selfsup.momentum import MomentumTarget, momentum_schedule
@@ -126,7 +130,11 @@ class DINO(SSLMethod):
 
     def forward(self, views, pairs=None, targets=None, local_views=None):
         outs = self.embed(views)
-        students = [s for s, _ in outs] + [self.student(v) for v in local_views or []]
+        # NeurIPS'24 sec. 6.4: the small crops are already short sequences; they are never
+        # compressed, whatever compression the loop set on the backbone for the global views
+        with token_dropout.uncompressed(self.backbone):
+            local_students = [self.student(v) for v in local_views or []]
+        students = [s for s, _ in outs] + local_students
         if pairs is None:
             ordered = [(i, v) for i in range(len(outs)) for v in range(len(students)) if v != i]
         else:  # given pairs of global views (both directions), plus every local view

@@ -1,0 +1,231 @@
+"""Compression schedules and sample-cost budgets for ViT pretraining (NeurIPS'24 sec. 4-6).
+
+A compression *stage* is (query drop ratio, query patch size, key drop ratio, key patch size).
+`accel.compression` gives one stage (constant compression, Tables 2-3) or a schedule file
+(the CA-MSE-optimal schedule of sec. 6.3, written by grad_error.py):
+
+    # any comment
+    schedule:
+      - {start: 0.0,   drop_ratio: 0.5,  patch_size: 30}
+      - {start: 0.125, drop_ratio: 0.25, patch_size: 24, key_drop_ratio: 0.0, key_patch_size: 24}
+      - ...
+
+`start` is the fraction of training (of the budget, with train.budget) from which the entry
+holds. Entries may omit key_*: the key then takes accel.compression.key_drop_ratio and
+key_patch_size (0: the query's patch size -- symmetric patch scaling, asymmetric dropout, the
+paper's choice for MoCo v3 and DINO, sec. 6.2-6.4).
+
+Like every other schedule the loop reads precomputed per-step arrays. With `train.budget` the
+run length is a budget of sample-cost units (Table 1, accel/cost.py) and the number of steps
+follows from it up front: the per-step cost of every stage is known, so walking the schedule
+(the stage is chosen by the fraction of budget spent so far) gives the step at which the budget
+is spent, and the fraction of budget spent before every step (`progress`), which the learning
+rate, warm-up included, follows (sec. 6.1: budgets, not epochs, make strategies comparable).
+"""
+import contextlib
+import math
+
+import numpy as np
+import yaml
+
+from accel import cost, token_dropout
+from common.config import ConfigError
+
+KEYS = ("drop_ratio", "patch_size", "key_drop_ratio", "key_patch_size")
+
+
+def _check_stage(where, d_q, p_q, d_k, p_k):
+    for name, d in (("drop_ratio", d_q), ("key_drop_ratio", d_k)):
+        if not (isinstance(d, (int, float)) and 0.0 <= d < 1.0):
+            raise ConfigError(f"{where}: {name} must be in [0, 1), got {d!r}")
+    for name, p in (("patch_size", p_q), ("key_patch_size", p_k)):
+        if not (isinstance(p, int) and p > 0):
+            raise ConfigError(f"{where}: {name} must be a positive integer, got {p!r}")
+
+
+def load_schedule(path):
+    """[(start, {drop_ratio, patch_size, [key_drop_ratio, key_patch_size]})] sorted by start."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError:
+        raise ConfigError(f"accel.compression.schedule: cannot read {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"accel.compression.schedule: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    entries = data.get("schedule") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"accel.compression.schedule: {path} needs a non-empty list under 'schedule:'")
+    out = []
+    for i, e in enumerate(entries):
+        where = f"accel.compression.schedule {path}, entry {i}"
+        if not isinstance(e, dict) or "start" not in e:
+            raise ConfigError(f"{where}: expected a mapping with 'start', got {e!r}")
+        unknown = set(e) - set(KEYS) - {"start"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: start, {', '.join(KEYS)}")
+        if not 0.0 <= float(e["start"]) <= 1.0:
+            raise ConfigError(f"{where}: start must be a fraction in [0, 1], got {e['start']!r}")
+        out.append((float(e["start"]), {k: e[k] for k in KEYS if k in e}))
+    out.sort(key=lambda s: s[0])
+    if out[0][0] != 0.0:
+        raise ConfigError(f"accel.compression.schedule {path}: the first entry must start at 0.0, not {out[0][0]}")
+    return out
+
+
+def save_schedule(path, entries, comment=""):
+    """Write [(start, {drop_ratio, patch_size, ...})] in the format load_schedule reads."""
+    rows = [dict(start=float(s), **{k: (float(v) if "drop" in k else int(v)) for k, v in e.items()})
+            for s, e in entries]
+    with open(path, "w") as f:
+        for line in comment.splitlines():
+            f.write(f"# {line}\n")
+        yaml.safe_dump({"schedule": rows}, f, sort_keys=False, default_flow_style=None)
+
+
+def stages(comp_cfg, model_patch):
+    """[(start, (d_q, p_q, d_k, p_k))] with every patch size resolved (0 -> model / query)."""
+    raw = load_schedule(comp_cfg.schedule) if comp_cfg.schedule else [(0.0, {})]
+    out = []
+    for start, e in raw:
+        d_q = e.get("drop_ratio", comp_cfg.drop_ratio)
+        p_q = e.get("patch_size", comp_cfg.patch_size) or model_patch
+        d_k = e.get("key_drop_ratio", comp_cfg.key_drop_ratio)
+        p_k = e.get("key_patch_size", comp_cfg.key_patch_size) or p_q
+        where = f"accel.compression.schedule entry at {start}" if comp_cfg.schedule else "accel.compression"
+        _check_stage(where, d_q, p_q, d_k, p_k)
+        out.append((start, (float(d_q), int(p_q), float(d_k), int(p_k))))
+    return out
+
+
+def is_active(stage_list, model_patch):
+    return any(d_q > 0 or d_k > 0 or p_q != model_patch or p_k != model_patch
+               for _, (d_q, p_q, d_k, p_k) in stage_list)
+
+
+def stage_index(stage_list, fraction):
+    starts = [s for s, _ in stage_list]
+    return max(0, int(np.searchsorted(starts, fraction, side="right")) - 1)
+
+
+def per_step(stage_list, progress):
+    """Per-step arrays (d_q, p_q, d_k, p_k) for the fractions of training `progress`."""
+    starts = np.array([s for s, _ in stage_list])
+    idx = np.maximum(np.searchsorted(starts, np.asarray(progress), side="right") - 1, 0)
+    table = np.array([st for _, st in stage_list], dtype=np.float64)
+    rows = table[idx]
+    return rows[:, 0], rows[:, 1].astype(int), rows[:, 2], rows[:, 3].astype(int)
+
+
+def budget_progress(stage_list, step_units, budget):
+    """Walk the schedule until `budget` units are spent. step_units(stage) -> units of one step
+    (the whole global batch). Returns progress[t] = fraction of budget spent before step t; its
+    length is the number of steps (the last step is the one that reaches the budget)."""
+    if budget <= 0:
+        raise ConfigError(f"train.budget must be positive, got {budget}")
+    costs = [float(step_units(st)) for _, st in stage_list]
+    if min(costs) <= 0:
+        raise ConfigError("train.budget: a compression stage has zero cost per step")
+    starts = [s for s, _ in stage_list] + [math.inf]
+    progress, spent, i = [], 0.0, 0
+    while spent < budget:
+        f = spent / budget
+        while f >= starts[i + 1]:
+            i += 1
+        progress.append(f)
+        spent += costs[i]
+        if len(progress) > 50_000_000:
+            raise ConfigError(f"train.budget={budget:g} needs more than 5e7 steps; is it in sample-cost units?")
+    return np.array(progress)
+
+
+def at_progress(schedule, progress):
+    """Re-sample a per-step array built for len(schedule) uniform steps at the fraction of
+    training done (linear interpolation), so it follows the budget spent, not the step count."""
+    n = len(schedule)
+    return np.interp(np.asarray(progress) * n, np.arange(n), np.asarray(schedule, dtype=np.float64))
+
+
+def image_cost(res, stage, has_target, n_views, n_local=0, L_small=0.0):
+    """Sample-cost units of one image in one step (cost.vit_image_cost) under `stage`, with
+    L = sequence_length + 1 (the class token). Without a target every view uses the query setting."""
+    d_q, p_q, d_k, p_k = stage
+    L_q = 1 + cost.sequence_length(res, p_q, d_q)
+    L_k = 1 + cost.sequence_length(res, p_k, d_k) if has_target else L_q
+    return cost.vit_image_cost(has_target, n_views, L_q, L_k, n_local, L_small)
+
+
+class CompressionPlan:
+    """What train_ssl.py needs per step: the number of steps (epochs or budget), the compression
+    context of step t, its FLOP-ledger key, and its sample-cost units.
+
+    units(t) = images x cost.vit_image_cost(...) with L = sequence_length(res, q, d) + 1 (the
+    class token; Table 1's L's include it) for the query and key of the stage at step t."""
+
+    def __init__(self, cfg, method, steps_per_epoch, global_batch):
+        from models.vit import ViT
+        self.cfg = cfg
+        online, targets = token_dropout.online_and_target_backbones(method)
+        self.vit = isinstance(online, ViT)
+        self.has_target = bool(targets)
+        self.model_patch = cfg.model.patch_size
+        self.stages = stages(cfg.accel.compression, self.model_patch)
+        self.active = is_active(self.stages, self.model_patch)
+        res = cfg.augment.resolution or cfg.data.crop_size
+        self.n_views = 2 if cfg.accel.hard_augment.enabled else cfg.data.num_views
+        self.n_local = cfg.data.local_views
+        self.L_small = (1 + cost.sequence_length(cfg.data.local_crop_size, self.model_patch)) if self.vit else 0.0
+        if self.active or cfg.train.budget:
+            if not self.vit:
+                raise ConfigError(f"accel.compression and train.budget need a ViT backbone (model.arch=vit_*), "
+                                  f"not model.arch={cfg.model.arch}")
+            for _, (_, p_q, d_k, p_k) in self.stages:
+                if not self.has_target and (d_k or p_k != p_q):
+                    raise ConfigError(f"method.name={cfg.method.name} has no momentum target: every view is "
+                                      f"compressed with the query setting, so accel.compression.key_drop_ratio / "
+                                      f"key_patch_size must stay 0 (got {d_k}, {p_k})")
+                for name, p in (("patch_size", p_q), ("key_patch_size", p_k)):
+                    if res % p:
+                        raise ConfigError(f"accel.compression.{name}={p} does not divide the training resolution "
+                                          f"{res} (data.crop_size / augment.resolution)")
+        if cfg.train.budget:
+            if cfg.accel.progressive.mode != "none":
+                raise ConfigError("train.budget with accel.progressive.mode != none is not supported: the step "
+                                  "count is planned at one resolution")
+            self.progress = budget_progress(self.stages, lambda st: global_batch * self.image_cost(res, st),
+                                            cfg.train.budget)
+        else:
+            n = cfg.train.epochs * steps_per_epoch
+            self.progress = np.arange(n) / max(n, 1)
+        self.total_steps = len(self.progress)
+        self.epochs = -(-self.total_steps // steps_per_epoch)
+        self.d_q, self.p_q, self.d_k, self.p_k = per_step(self.stages, self.progress)
+
+    def image_cost(self, res, stage, n_views=None, n_local=None):
+        return image_cost(res, stage, self.has_target, self.n_views if n_views is None else n_views,
+                          self.n_local if n_local is None else n_local, self.L_small)
+
+    def stage(self, step):
+        return (float(self.d_q[step]), int(self.p_q[step]), float(self.d_k[step]), int(self.p_k[step]))
+
+    def follow(self, schedule):
+        """A per-step array built for total_steps uniform steps, re-indexed by budget fraction
+        (identity without train.budget)."""
+        if schedule is None or not self.cfg.train.budget:
+            return schedule
+        return at_progress(schedule, self.progress)
+
+    def key(self, step):
+        """Extra FLOP-ledger key: compressed steps are measured apart from full ones."""
+        return ("compression",) + self.stage(step) if self.active else ()
+
+    def context(self, method, step, generator):
+        if not self.active:
+            return contextlib.nullcontext()
+        d_q, p_q, d_k, p_k = self.stage(step)
+        return token_dropout.compressed_method(method, (d_q, p_q, generator), (d_k, p_k, generator))
+
+    def units(self, step, res, images, n_views, n_local):
+        """Sample-cost units of `images` images at this step (0 for non-ViT backbones)."""
+        if not self.vit:
+            return 0.0
+        return images * self.image_cost(res, self.stage(step), n_views, n_local)

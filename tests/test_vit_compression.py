@@ -1,0 +1,252 @@
+"""NeurIPS'24 ViT sequence compression: PI-resize of the patch kernel (Eq. 3), token dropout, the
+ViT's compressed forward, Table 1-2 sample costs, the CA-MSE estimator (Eq. 8-10), compression
+schedule files and sample-cost budgets in train_ssl.py."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import selfsup
+from accel import compression, cost, grad_error, token_dropout
+from accel.flexi_patch import resize_patch, resize_patch_embed
+from common.config import ConfigError, _to_config
+from conftest import TINY, read_metrics, run
+from models.vit import ViT
+from test_methods import SMALL, small_overrides
+
+VIT_TINY = ["model.arch=vit_t16", "model.patch_size=8", "optim.name=adamw", "optim.lr=5e-4"]
+
+
+# ---- flexible patch embedding (Eq. 3)
+
+def test_pi_resize_is_identity_at_the_same_size():
+    w = torch.randn(6, 3, 8, 8)
+    assert torch.equal(resize_patch_embed(w, 8), w)
+
+
+@pytest.mark.parametrize("p,q", [(4, 6), (4, 8), (8, 12)])
+def test_pi_resize_preserves_inner_products_with_resized_patches(p, q):
+    torch.manual_seed(0)
+    w = torch.randn(5, 3, p, p, dtype=torch.float64)
+    x = torch.randn(20, 3, p, p, dtype=torch.float64)
+    wq = resize_patch_embed(w, q)
+    assert wq.shape == (5, 3, q, q)
+    before = torch.einsum("nchw,dchw->nd", x, w)
+    after = torch.einsum("nchw,dchw->nd", resize_patch(x, q), wq)       # <resize(x_p, q), w_q> (Eq. 3)
+    assert torch.allclose(before, after, atol=1e-8 * before.abs().max().item())
+
+
+def _patchwise_upsample(img, p, q):
+    """Resize every p x p patch of img [B, C, H, W] to q x q on its own (as Eq. 3 assumes)."""
+    b, c, h, w = img.shape
+    patches = img.reshape(b, c, h // p, p, w // p, p).permute(0, 1, 2, 4, 3, 5)
+    up = resize_patch(patches, q)
+    return up.permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // p * q, w // p * q)
+
+
+def test_resized_model_tokens_on_upsampled_image_match_the_original():
+    torch.manual_seed(0)
+    vit = ViT("vit_t16", patch_size=8).double()
+    img = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    ref = vit.tokens(img)                                                # patch 8 at 32 px: 4 x 4 grid
+    up = vit.tokens(_patchwise_upsample(img, 8, 12), patch_size=12)      # patch 12 at 48 px: same grid
+    assert up.shape == ref.shape and torch.allclose(up, ref, atol=1e-9)
+    # nearest upsampling by an integer factor is the same patch-wise and on the whole image
+    whole = torch.nn.functional.interpolate(img, scale_factor=2, mode="nearest")
+    w16 = resize_patch_embed(vit.patch_embed.weight, 16, interpolation="nearest")
+    tok = torch.nn.functional.conv2d(whole, w16, vit.patch_embed.bias, stride=16).flatten(2).transpose(1, 2)
+    assert torch.allclose(tok, vit.patch_embed(img).flatten(2).transpose(1, 2), atol=1e-9)
+
+
+# ---- token dropout
+
+def test_token_dropout_count_prefix_per_sample_and_seed():
+    b, n, d = 6, 49, 4
+    tokens = torch.randn(b, 1 + n, d)
+    out = token_dropout.drop_tokens(tokens, 0.75, torch.Generator().manual_seed(3), num_prefix=1)
+    assert out.shape == (b, 1 + round(0.25 * n), d)                       # round((1 - d) N) = 12
+    assert torch.equal(out[:, 0], tokens[:, 0])                          # class token kept
+    kept = [{tuple(r.tolist()) for r in out[i, 1:]} for i in range(b)]
+    assert all(k <= {tuple(r.tolist()) for r in tokens[i, 1:]} for i, k in enumerate(kept))
+    assert len({frozenset(k) for k in kept}) > 1                         # subsets differ between samples
+    again = token_dropout.drop_tokens(tokens, 0.75, torch.Generator().manual_seed(3), num_prefix=1)
+    other = token_dropout.drop_tokens(tokens, 0.75, torch.Generator().manual_seed(4), num_prefix=1)
+    assert torch.equal(out, again) and not torch.equal(out, other)
+    assert token_dropout.kept_count(25, 0.9) == 3 and token_dropout.kept_count(196, 0.75) == 49
+    with pytest.raises(ValueError):
+        token_dropout.drop_tokens(tokens, 1.0)
+
+
+def test_vit_forward_sequence_length_with_dropout_and_patch_size():
+    vit = ViT("vit_t16", patch_size=8)
+    seen = []
+    vit.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    x = torch.randn(3, 3, 48, 48)
+    vit(x)
+    with token_dropout.compressed(vit, drop_ratio=0.5, patch_size=12, generator=torch.Generator().manual_seed(0)):
+        feat = vit(x)
+    with token_dropout.compressed(vit, 0.5, 12), token_dropout.uncompressed(vit):
+        vit(x)                                                            # DINO's local crops: plain
+    assert seen == [1 + 36, 1 + 8, 1 + 36]                                # 16 patches of 12 px, half kept, + class
+    assert feat.shape == (3, 192) and vit.compression is None
+    assert cost.sequence_length(48, 12, 0.5) == 8.0
+
+
+def test_compression_reaches_the_online_encoder_and_the_key_encoder_separately():
+    cfg = _to_config(selfsup.method_defaults())
+    cfg.name = "mocov3"
+    cfg.mocov3.update(SMALL["mocov3"])
+    method = selfsup.build_method(cfg, ViT("vit_t16", patch_size=8))
+    online, targets = token_dropout.online_and_target_backbones(method)
+    assert online is method.backbone and targets == [method.target.nets[0]]
+    lengths = {}
+    for name, vit in (("q", online), ("k", targets[0])):
+        def hook(m, i, o, name=name):
+            lengths.setdefault(name, o.shape[1])
+        vit.blocks[0].register_forward_hook(hook)
+    with token_dropout.compressed_method(method, (0.75, 8, None), (0.0, 16, None)):
+        method([torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)])
+    assert lengths == {"q": 1 + 4, "k": 1 + 4}                            # 16 tokens, 75 % dropped / 4 of 16 px
+
+
+# ---- cost model (Table 1, Table 2b-c)
+
+TABLE1 = {  # MoCo v3, 240 px, key uncompressed (patch 16): rows patch size, columns d = 0, .25, .5, .75, .9
+    16: [4.59, 3.73, 2.87, 2.01, 1.49], 20: [3.36, 2.80, 2.25, 1.70], 24: [2.69, 2.30, 1.92, 1.53],
+    30: [2.14, 1.89, 1.64], 40: [1.71, 1.57, 1.43, 1.29], 48: [1.54, 1.44, 1.35, 1.25]}
+# (cells missing here are illegible in the paper's text extraction)
+
+
+def test_cost_model_reproduces_table1_mocov3_grid():
+    L_k = 1 + cost.sequence_length(240, 16)
+    assert L_k == 226
+    for q, row in TABLE1.items():
+        for d, expected in zip([0.0, 0.25, 0.5, 0.75, 0.9], row):
+            got = cost.vit_sample_cost("mocov3", 1 + cost.sequence_length(240, q, d), L_k)
+            assert abs(got - expected) < 0.03, (q, d, got, expected)
+
+
+def test_cost_model_reproduces_table2b_and_2c():
+    for p, L, expected in [(16, 225, 4.59), (20, 144, 2.94), (24, 100, 2.04), (30, 64, 1.31), (40, 36, 0.73)]:
+        assert cost.sequence_length(240, p) == L
+        got = cost.vit_sample_cost("mocov3", 1 + L, 1 + L)                # symmetric patch scaling
+        assert abs(got - expected) < 0.03, (p, got)
+    for p_k, expected in [(16, 2.1), (20, 1.7), (24, 1.5), (30, 1.3)]:    # query patch 30; printed to 0.1
+        got = cost.vit_sample_cost("mocov3", 65, 1 + cost.sequence_length(240, p_k))
+        assert round(got, 1) == expected, (p_k, got)
+    assert cost.vit_sample_cost("simclr", 197, 197) == pytest.approx(6.0)
+    assert cost.vit_sample_cost("dino", 197, 197, K=6, L_q_small=37) == pytest.approx(4 + 18 * 37 / 197)
+    with pytest.raises(ValueError, match="byol"):
+        cost.vit_sample_cost("byol", 197, 197)
+
+
+# ---- CA-MSE (Eq. 8-10)
+
+def test_ca_mse_estimator_recovers_known_bias_and_variance():
+    gen = torch.Generator().manual_seed(0)
+    dim, n_sub, k = 50, 400, 8
+    G_true = torch.randn(dim, generator=gen, dtype=torch.float64)
+    bias = 0.3 * torch.randn(dim, generator=gen, dtype=torch.float64)
+    sigma = 0.5                                      # per-sample noise std per coordinate: Var = dim sigma^2
+
+    def moments(b):
+        m = grad_error.GradientMoments(k)
+        for _ in range(n_sub):
+            samples = G_true + b + sigma * torch.randn(k, dim, generator=gen, dtype=torch.float64)
+            m.add(samples.mean(0))
+        return m
+
+    base, comp = moments(torch.zeros(dim)), moments(bias)
+    G = base.mean
+    prof = grad_error.error_profile(G, comp, cost=2.0, budget=8.0)
+    norm = float(G.dot(G))
+    assert prof["bias2"] * norm == pytest.approx(float(bias.dot(bias)), rel=0.1)
+    assert prof["var"] * norm == pytest.approx(dim * sigma ** 2, rel=0.1)
+    assert prof["ca_mse"] == pytest.approx(prof["bias2"] + 2.0 / 8.0 * prof["var"])
+    assert comp.sum.numel() == dim and isinstance(comp.sq, float)       # O(params) state
+
+
+def test_strategy_moments_on_a_tiny_vit_method():
+    cfg = _to_config(selfsup.method_defaults())
+    cfg.name = "simclr"
+    cfg.simclr.update(SMALL["simclr"])
+    torch.manual_seed(0)
+    method = selfsup.build_method(cfg, ViT("vit_t16", patch_size=8))
+    data = [([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)], None) for _ in range(2)]
+    full = grad_error.strategy_moments(method, lambda: iter(data), (0.0, 8, 0.0, 8), 4)
+    again = grad_error.strategy_moments(method, lambda: iter(data), (0.0, 8, 0.0, 8), 4)
+    half = grad_error.strategy_moments(method, lambda: iter(data), (0.5, 8, 0.5, 8), 4)
+    assert torch.equal(full.sum, again.sum)                              # same data, buffers restored
+    prof = grad_error.error_profile(full.mean, half, 1.0, 1.0)
+    assert prof["bias2"] > 0 and math.isfinite(prof["ca_mse"])
+    grid = [[{"ca_mse": 3.0}, {"ca_mse": 1.0}], [{"ca_mse": 2.0}, {"ca_mse": 5.0}]]
+    assert grad_error.best_strategy(grid, [0.0, 0.5], [8, 16]) == (0.5, 8)
+
+
+# ---- schedules and budgets
+
+def test_schedule_file_round_trip_and_per_step_arrays(tmp_path):
+    path = str(tmp_path / "s.yaml")
+    entries = grad_error.schedule_from_profiles([0.0, 0.5, 1.0], [(0.75, 16), (0.5, 8), (0.0, 8)])
+    assert [s for s, _ in entries] == [0.0, 0.25, 0.75]
+    compression.save_schedule(path, entries, "a test\nschedule")
+    assert open(path).readline() == "# a test\n"
+    assert compression.load_schedule(path) == entries
+    comp = _to_config({"drop_ratio": 0.0, "patch_size": 0, "key_drop_ratio": 0.0, "key_patch_size": 0,
+                       "schedule": path})
+    st = compression.stages(comp, 8)
+    assert st == [(0.0, (0.75, 16, 0.0, 16)), (0.25, (0.5, 8, 0.0, 8)), (0.75, (0.0, 8, 0.0, 8))]
+    d_q, p_q, d_k, p_k = compression.per_step(st, np.arange(8) / 8)
+    assert d_q.tolist() == [0.75, 0.75, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0] and p_q.tolist()[:3] == [16, 16, 8]
+    # budget: 10 units at 1 unit / step while d = .75 ... the walk stops at the step reaching the budget
+    prog = compression.budget_progress(st, lambda s: {0.75: 1.0, 0.5: 2.0, 0.0: 4.0}[s[0]], 10.0)
+    assert prog.tolist() == [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]          # 3 cheap, 2 medium, 2 full steps
+    with open(path, "w") as f:
+        f.write("schedule:\n  - {start: 0.0, drop_ratio: 1.5}\n")
+    with pytest.raises(ConfigError, match="drop_ratio"):
+        compression.stages(comp, 8)
+
+
+def test_budget_run_with_a_schedule_stops_when_the_budget_is_spent(tmp_path):
+    sched = str(tmp_path / "sched.yaml")
+    compression.save_schedule(sched, [(0.0, {"drop_ratio": 0.5, "patch_size": 16}),
+                                      (0.5, {"drop_ratio": 0.0, "patch_size": 8})])
+    out = str(tmp_path / "budget")
+    # 16 images x 2 views, MoCo v3: (3 L_q + L_k) / 197 each; full step (L = 17): 16 x 2 x 68 / 197 = 11.05
+    run(["train_ssl.py"] + TINY + small_overrides("mocov3") + VIT_TINY + [
+        f"output_dir={out}", "train.budget=60", f"accel.compression.schedule={sched}",
+        "optim.schedule=poly", "optim.warmup_fraction=0.25"])
+    rows = [r for r in read_metrics(out) if "loss" in r]
+    units = [r["budget_units"] for r in rows]
+    # patch 16: 4 tokens, half dropped: L_q = 1 + 2; the key follows the query's patch: L_k = 1 + 4
+    cheap, full = 16 * 2 * (3 * 3 + 5) / 197, 16 * 2 * (4 * 17) / 197
+    assert units[-1] >= 60 and units[-2] < 60
+    assert [r["patch_size"] for r in rows[:2]] == [16, 16] and rows[-1]["patch_size"] == 8
+    assert units[0] == pytest.approx(cheap) and units[-1] - units[-2] == pytest.approx(full)
+    assert rows[-1]["key_patch_size"] == 8 and rows[0]["key_drop_ratio"] == 0.0
+    lrs = [r["lr"] for r in rows]
+    top = int(np.argmax(lrs))                                            # warm-up: the first quarter of budget
+    assert lrs[0] == 0.0 and lrs[:top + 1] == sorted(lrs[:top + 1]) and lrs[top:] == sorted(lrs[top:], reverse=True)
+    assert 0.15 * 60 < units[top - 1] < 0.35 * 60
+    summary = read_metrics(out)[-1]
+    assert summary["budget_units"] == pytest.approx(units[-1]) and "knn_top1" in summary
+
+
+def _plan(overrides):
+    from common.config import load_config
+    from models import build_backbone
+    from train_ssl import config_defaults
+    cfg = load_config(config_defaults(), None, TINY + overrides)
+    return compression.CompressionPlan(cfg, selfsup.build_method(cfg.method, build_backbone(cfg.model)), 4, 16)
+
+
+def test_compression_config_errors():
+    with pytest.raises(ConfigError, match="need a ViT backbone"):
+        _plan(["accel.compression.drop_ratio=0.5"])
+    with pytest.raises(ConfigError, match="no momentum target"):
+        _plan(small_overrides("simclr") + VIT_TINY + ["accel.compression.key_drop_ratio=0.5"])
+    with pytest.raises(ConfigError, match="patch_size=12 does not divide"):
+        _plan(small_overrides("simclr") + VIT_TINY + ["accel.compression.patch_size=12"])
+    plan = _plan(small_overrides("simclr") + VIT_TINY)
+    assert not plan.active and plan.key(0) == () and plan.total_steps == 8   # TINY: 2 epochs x 4 steps
