@@ -12,6 +12,13 @@ cool-down use the first b images of the (uniformly drawn) large batch. Each rank
 shard (see accel/selection.py). Training length counts training steps of b images, so uniform and
 selection runs of the same epochs take the same number of steps. Re-running the same command
 resumes from output_dir/checkpoint.pt.
+
+Semi-supervised (thesis ch. 2 applied to classification): ubn.labels_per_class=N keeps the labels
+of the first N training images of each class; the labeled batches cycle through them, and an
+epoch stays one pass's worth of steps over all training images. ubn.enabled=true adds an
+unlabeled batch from all training images and trains with UBN's two steps (accel/ubn.py); its
+step-1 forward is counted in train_pflops.
+    python train_supervised.py --config yaml/ubn/cifar10_1000labels_ubn.yaml
 """
 import json
 import math
@@ -24,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from accel import schedules, selection
+from accel import schedules, selection, ubn
 from accel.hard_augment import frozen_bn_statistics
 from common import checkpoint, dist
 from common.config import ConfigError, parse_cli, save_config
@@ -42,6 +49,34 @@ from train_ssl import config_defaults
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "yaml", "selection", "quickstart.yaml")
 METHODS = ("uniform", "fast", "greedy", "selective_backprop")
+
+
+class LabeledSubset:
+    """The first `per_class` images of each class of `images` (same `load` interface)."""
+
+    def __init__(self, images, per_class):
+        count, self.idx = {}, []
+        for i, t in enumerate(images.targets):
+            if count.get(t, 0) < per_class:
+                self.idx.append(i)
+                count[t] = count.get(t, 0) + 1
+        self.images, self.targets = images, [images.targets[i] for i in self.idx]
+        self.description = f"{len(self.idx)} labeled of {images.description}"
+
+    def __len__(self):
+        return len(self.idx)
+
+    def load(self, i):
+        return self.images.load(self.idx[i])
+
+
+def cycle(loader, sampler, start_step):
+    """The loader's batches forever, positioned at `start_step` (exact resume)."""
+    epoch, skip = divmod(start_step, sampler.steps_per_epoch)
+    while True:
+        sampler.set_epoch(epoch, skip)
+        yield from loader
+        epoch, skip = epoch + 1, 0
 
 
 def parse_config(argv):
@@ -79,6 +114,11 @@ def main(cfg):
     if sel.method == "fast" and sel.large_batch_factor < 1 + sel.beta:
         raise ConfigError(f"select.large_batch_factor={sel.large_batch_factor} must be >= 1 + select.beta "
                           f"({1 + sel.beta}) for Eq. 4.4 selection")
+    if cfg.ubn.enabled and sel.method != "uniform":
+        raise ConfigError(f"ubn.enabled=true needs select.method=uniform, not '{sel.method}'")
+    u_batch = cfg.ubn.unlabeled_batch_size or cfg.train.batch_size
+    if cfg.ubn.enabled and u_batch % world:
+        raise ConfigError(f"ubn.unlabeled_batch_size={u_batch} is not divisible by the {world} ranks")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -86,7 +126,8 @@ def main(cfg):
     local_bbar = local_b if sel.method == "uniform" else int(math.ceil(sel.large_batch_factor * local_b))
 
     train_images, val_images, num_classes = build_images(cfg.data, cfg.train.seed)
-    loader, sampler = build_train_loader(train_images, cfg, local_bbar, device, num_views=1)
+    labeled_images = LabeledSubset(train_images, cfg.ubn.labels_per_class) if cfg.ubn.labels_per_class > 0 else train_images
+    loader, sampler = build_train_loader(labeled_images, cfg, local_bbar, device, num_views=1)
     val_loader = build_eval_loader(val_images, cfg, max(local_b, 64), device)
     augment = DeviceAugment(cfg.augment)
     resolution = cfg.augment.resolution or cfg.data.crop_size
@@ -127,8 +168,10 @@ def main(cfg):
         save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         with open(os.path.join(cfg.output_dir, "run_info.json"), "w") as f:
             json.dump({"git_commit": commit, "world_size": world, "argv": sys.argv}, f, indent=1)
-        logger.print(f"{cfg.model.arch}, select.method={sel.method} on {train_images.description}; {world} rank(s) x "
-                     f"{local_b} (large batch {local_bbar}), {total_steps} steps, lr {lr:g}; output {cfg.output_dir}")
+        logger.print(f"{cfg.model.arch}, select.method={sel.method}{', UBN' if cfg.ubn.enabled else ''} on "
+                     f"{labeled_images.description}; {world} rank(s) x {local_b} (large batch {local_bbar}"
+                     f"{f', unlabeled {u_batch // world}' if cfg.ubn.enabled else ''}), {total_steps} steps, lr {lr:g}; "
+                     f"output {cfg.output_dir}")
 
     def save():
         if is_main:
@@ -136,6 +179,11 @@ def main(cfg):
                                     "ledger": ledger.state_dict(), "rng": checkpoint.rng_state(), "step": step,
                                     "best_top1": best, "sb_recent": sb.recent, "config": cfg.to_dict(),
                                     "git_commit": commit, "world_size": world}, ckpt_path)
+
+    unlabeled = None
+    if cfg.ubn.enabled:   # all training images, the labeled ones included (thesis Fig. 2.1: dataset U)
+        u_loader, u_sampler = build_train_loader(train_images, cfg, u_batch // world, device, num_views=1)
+        unlabeled = cycle(u_loader, u_sampler, step)
 
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
@@ -169,8 +217,14 @@ def main(cfg):
                     idx = sb.select(losses, g)[:local_b]
                     idx = idx if len(idx) else losses.argmax().view(1)
             x, y = images[idx], labels[idx]
-            with ledger.count(("train", resolution, len(idx))):
-                loss = F.cross_entropy(ddp(x), y)
+            u = None
+            if unlabeled is not None:   # UBN: statistics of {x, u}, then forward-backward of x alone
+                ub = next(unlabeled)
+                u = augment(ub["views"].to(device, non_blocking=True), ub["rand"].to(device, non_blocking=True),
+                            cfg.augment.magnitude, resolution)[0]
+            with ledger.count(("train", resolution, len(idx)) + ((len(u),) if u is not None else ())):
+                out = ubn.forward(ddp, x, u, cfg.ubn.grad_through_stats) if u is not None else ddp(x)
+                loss = F.cross_entropy(out, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()

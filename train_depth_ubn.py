@@ -1,0 +1,298 @@
+#!/usr/bin/env python
+"""Supervised monocular depth with BN or Unsupervised Batch Normalization (thesis 2023 ch. 2).
+
+    python train_depth_ubn.py                       # yaml/ubn/quickstart.yaml: procedural scenes, CPU minutes
+    python train_depth_ubn.py --toy spiral          # the spiral study of sec. 2.3.3 (toys/spiral.py)
+    torchrun --nproc_per_node=8 train_depth_ubn.py --config yaml/ubn/kitti_ubn_f0.25.yaml data.root=/data/kitti_raw
+
+A DispNet-style network (models/dispnet.py, Eq. 2.5) is trained with a loss at each of its 4
+output scales against the ground truth resized to that scale. data.labeled_fraction keeps ground
+truth on a regular subset of the training frames (data/depth.py, Fig. 2.6); every training image
+stays available as unlabeled data. ubn.enabled=false is the BN baseline: it trains on the labeled
+frames alone. ubn.enabled=true runs UBN's two steps (accel/ubn.py): BN statistics from the labeled
+batch plus an unlabeled batch, then forward-backward of the labeled batch with those statistics.
+An epoch is one pass over all training images (len(train) // batch steps) whatever the labeled
+fraction, so every fraction gets the same number of steps; the labeled stream cycles through the
+labeled frames. Re-running the same command resumes from output_dir/checkpoint.pt.
+"""
+import json
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Subset
+
+from accel import ubn
+from common import checkpoint, dist
+from common.config import ConfigError, parse_cli, save_config
+from common.logger import RunLogger
+from data.depth import DataError, DepthDataset, build_depth_images, labeled_indices
+from data.sampler import EpochSampler
+from evaluation.depth_metrics import NAMES, depth_metrics, summarize
+from models.batchnorm import convert_sync_bn
+from models.dispnet import build_dispnet
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(HERE, "yaml", "ubn", "quickstart.yaml")
+
+# This script's own defaults tree: the thesis's KITTI recipe (sec. 2.4); yaml/ubn/quickstart.yaml
+# shrinks it to CPU scale.
+DEPTH_DEFAULTS = {
+    "output_dir": "runs/ubn_depth",
+    "data": {
+        "name": "synthetic",              # synthetic (data/synthetic_depth.py) | kitti (data/kitti.py)
+        "root": None,                     # kitti: the KITTI raw folder (see data/kitti.py for the layout)
+        "train_split": "splits/eigen_zhou/train_files.txt",   # kitti: relative to root, or a path
+        "test_split": "splits/eigen/test_files.txt",
+        "height": 256,                    # sec. 2.4: 256 x 832
+        "width": 832,
+        "labeled_fraction": 1.0,          # Fig. 2.6: share of training frames that keep ground truth
+        "synthetic_train_size": 4096,
+        "synthetic_test_size": 512,
+        "flip_prob": 0.5,                 # horizontal flip of image and depth
+        "workers": 2,                     # loader processes per stream and rank
+    },
+    "model": {
+        "width": 32,                      # SfMLearner DispNet: encoder 32 ... 512 channels
+        "levels": 7,                      # stride-2 encoder levels (7 in SfMLearner)
+        "scales": 4,                      # predictions at 1, 1/2, 1/4, 1/8 resolution
+        "scale": 0.4,                     # Eq. 2.5: s
+        "min_disp": 0.0125,               # Eq. 2.5: m (max depth 1/m = 80 m)
+    },
+    "optim": {
+        "lr": 2e-4,                       # sec. 2.4: Adam, lr 0.0002 (absolute, not per 256)
+        "betas": [0.9, 0.999],
+        "weight_decay": 0.0,
+    },
+    "ubn": {
+        "enabled": False,                 # false: BN on labeled batches; true: UBN (Fig. 2.1, Eq. 2.4)
+        "unlabeled_batch_size": 0,        # global size of the unlabeled batch y; 0 = train.batch_size
+        "grad_through_stats": False,      # false: step 1's statistics are constants in step 2 (accel/ubn.py)
+    },
+    "loss": {
+        "kind": "l1",                     # l1: |D - D*|; log_l1: |log D - log D*| (valid pixels, mean)
+        "max_depth": 80.0,                # ground truth beyond this is ignored (Eq. 2.5's range)
+    },
+    "train": {
+        "epochs": 160,                    # sec. 2.4
+        "batch_size": 128,                # sec. 2.4; global labeled batch, split across ranks
+        "seed": 0,
+        "device": "auto",
+        "sync_bn": False,                 # global-batch BN across ranks (models/batchnorm.py)
+        "threads": 0,
+        "log_every": 10,
+        "ckpt_every_steps": 200,
+        "stop_at_step": 0,                # >0: save and exit after this step, as a pre-emption would
+        "eval_every_epochs": 10.0,
+    },
+    "eval": {
+        "min_depth": 1e-3,
+        "max_depth": 80.0,                # the usual 80 m cap
+        "crop": "none",                   # none | garg | eigen (KITTI Eigen split: garg)
+        "batch_size": 32,
+    },
+}
+MEAN, STD = 0.45, 0.225                   # input normalisation of [0, 1] images
+
+
+def parse_config(argv):
+    return parse_cli(argv, DEPTH_DEFAULTS, DEFAULT_CONFIG, __doc__)
+
+
+def resize_sparse(gt, size):
+    """Ground truth at a prediction's size: the mean of the valid (> 0) pixels in each cell."""
+    if tuple(gt.shape[-2:]) == tuple(size):
+        return gt
+    valid = (gt > 0).float()
+    total = F.adaptive_avg_pool2d(gt * valid, size)
+    count = F.adaptive_avg_pool2d(valid, size)
+    return torch.where(count > 0, total / count.clamp_min(1e-12), torch.zeros_like(total))
+
+
+def multiscale_loss(depths, gt, kind="l1", max_depth=80.0):
+    """Mean over the scales of the mean error on pixels with ground truth (sec. 2.4)."""
+    losses = []
+    for d in depths:
+        g = resize_sparse(gt, d.shape[-2:])
+        m = (g > 0) & (g < max_depth)
+        if kind == "l1":
+            err = (d - g).abs()
+        elif kind == "log_l1":
+            err = (d.clamp_min(1e-3).log() - g.clamp_min(1e-3).log()).abs()
+        else:
+            raise ConfigError(f"loss.kind '{kind}' is not one of l1, log_l1")
+        losses.append((err * m).sum() / m.sum().clamp_min(1))
+    return torch.stack(losses).mean()
+
+
+def stream(dataset, local_batch, cfg, device, start_step, seed_offset):
+    """Batches forever, each pass a fresh permutation; positioned at `start_step` (exact resume)."""
+    sampler = EpochSampler(len(dataset), local_batch, dist.world_size(), dist.rank(), seed=cfg.train.seed + seed_offset)
+    kw = dict(num_workers=cfg.data.workers, pin_memory=device.type == "cuda")
+    # own generator: creating an iterator must not draw from torch's global RNG (the flips'), or a
+    # resumed run, which creates its iterators at other steps, would flip differently
+    loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, drop_last=True,
+                        generator=torch.Generator().manual_seed(cfg.train.seed + seed_offset), **kw)
+    n = sampler.steps_per_epoch
+    epoch, skip = divmod(start_step, n)
+    while True:
+        sampler.set_epoch(epoch, skip)
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+def flip(batch, prob):
+    """Horizontal flip of image (and depth) for a random subset of the batch (torch's RNG)."""
+    if prob <= 0:
+        return batch
+    f = torch.rand(batch["image"].shape[0]) < prob
+    return {k: torch.where(f.view(-1, 1, 1, 1).to(v.device), v.flip(-1), v) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, cfg):
+    model.eval()
+    rows = []
+    for b in loader:
+        pred = model((b["image"].to(device) - MEAN) / STD)[0]
+        rows.append(depth_metrics(pred.float().cpu(), b["depth"], cfg.eval.min_depth, cfg.eval.max_depth, cfg.eval.crop))
+    model.train()
+    per_image = dist.all_gather_variable(torch.cat(rows).to(device)).cpu()
+    return summarize(per_image)
+
+
+def main(cfg):
+    device = dist.init_distributed(cfg.train.device)
+    world, is_main = dist.world_size(), dist.is_main()
+    u_batch = cfg.ubn.unlabeled_batch_size or cfg.train.batch_size
+    for name, b in (("train.batch_size", cfg.train.batch_size), ("ubn.unlabeled_batch_size", u_batch)):
+        if b % world:
+            raise ConfigError(f"{name}={b} is not divisible by the {world} ranks")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    local_b, local_u = cfg.train.batch_size // world, u_batch // world
+
+    train_images, test_images = build_depth_images(cfg.data, cfg.train.seed)
+    labeled = labeled_indices(train_images, cfg.data.labeled_fraction)
+    if len(labeled) < cfg.train.batch_size:
+        raise ConfigError(f"{len(labeled)} labeled frames (data.labeled_fraction={cfg.data.labeled_fraction}) "
+                          f"are fewer than one batch (train.batch_size={cfg.train.batch_size})")
+    test_ds = DepthDataset(test_images)
+    if world > 1:
+        test_ds = Subset(test_ds, range(dist.rank(), len(test_ds), world))
+    test_loader = DataLoader(test_ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=0)
+
+    model = build_dispnet(cfg.model)
+    if cfg.train.sync_bn and world > 1:
+        model = convert_sync_bn(model, device)
+    model.to(device)
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                 weight_decay=cfg.optim.weight_decay)
+    steps_per_epoch = len(train_images) // cfg.train.batch_size
+    total_steps = cfg.train.epochs * steps_per_epoch
+    if total_steps == 0:
+        raise ConfigError(f"{len(train_images)} training images give no step of train.batch_size={cfg.train.batch_size}")
+
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    ckpt_path = os.path.join(cfg.output_dir, "checkpoint.pt")
+    step, best = 0, 0.0
+    if os.path.exists(ckpt_path):
+        state = checkpoint.load(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"])
+        step, best = state["step"], state["best_delta1"]
+        if is_main:
+            print(f"resuming from {ckpt_path} at step {step}/{total_steps}", flush=True)
+    commit = checkpoint.git_commit()
+    logger = RunLogger(cfg.output_dir, is_main)
+    if is_main:
+        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+        with open(os.path.join(cfg.output_dir, "run_info.json"), "w") as f:
+            json.dump({"git_commit": commit, "world_size": world, "argv": sys.argv}, f, indent=1)
+        logger.print(f"DispNet width {cfg.model.width}, {'UBN' if cfg.ubn.enabled else 'BN'} on {train_images.description}: "
+                     f"{len(labeled)} labeled frames (fraction {cfg.data.labeled_fraction:g}); {world} rank(s) x "
+                     f"{local_b} labeled{f' + {local_u} unlabeled' if cfg.ubn.enabled else ''}, {total_steps} steps; "
+                     f"output {cfg.output_dir}")
+
+    labeled_stream = stream(DepthDataset(train_images, labeled), local_b, cfg, device, step, 0)
+    unlabeled_stream = (stream(DepthDataset(train_images, with_depth=False), local_u, cfg, device, step, 1)
+                        if cfg.ubn.enabled else None)
+
+    def save():
+        if is_main:
+            checkpoint.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "rng": checkpoint.rng_state(), "step": step, "best_delta1": best,
+                                    "config": cfg.to_dict(), "git_commit": commit, "world_size": world}, ckpt_path)
+
+    stop = {"requested": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    eval_every = max(1, int(round(cfg.train.eval_every_epochs * steps_per_epoch)))
+    loss_sum, window = torch.zeros((), device=device), {"t": time.perf_counter(), "steps": 0}
+    metrics = None
+    model.train()
+    while step < total_steps:
+        batch = flip(next(labeled_stream), cfg.data.flip_prob)
+        x, gt = (batch["image"].to(device) - MEAN) / STD, batch["depth"].to(device)
+        if cfg.ubn.enabled:   # step 1: statistics of {x, y}; step 2: forward x with them (accel/ubn.py)
+            y = (flip(next(unlabeled_stream), cfg.data.flip_prob)["image"].to(device) - MEAN) / STD
+            depths = ubn.forward(ddp, x, y, cfg.ubn.grad_through_stats)
+        else:
+            depths = ddp(x)
+        loss = multiscale_loss(depths, gt, cfg.loss.kind, cfg.loss.max_depth)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        loss_sum += loss.detach()
+        window["steps"] += 1
+
+        if step % cfg.train.log_every == 0 or step == total_steps:
+            flag = torch.tensor([float(stop["requested"])], device=device)
+            stop["requested"] = dist.all_reduce_sum(flag).item() > 0
+            logger.log({"epoch": step / steps_per_epoch, "loss": dist.all_reduce_mean(loss_sum / window["steps"]).item(),
+                        "images_per_s": window["steps"] * cfg.train.batch_size / (time.perf_counter() - window["t"])}, step)
+            loss_sum.zero_()
+            window.update(t=time.perf_counter(), steps=0)
+        if step % eval_every == 0 or step == total_steps:
+            metrics = evaluate(model, test_loader, device, cfg)
+            best = max(best, metrics["delta1"])
+            logger.log({"epoch": step / steps_per_epoch, **metrics}, step)
+            logger.print(f"step {step}/{total_steps}: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in NAMES))
+        if cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0:
+            save()
+        if stop["requested"] or step == cfg.train.stop_at_step:
+            save()
+            logger.print(f"stopped at step {step}; re-run the same command to resume")
+            logger.close()
+            return
+    save()
+    if metrics is None:
+        metrics = evaluate(model, test_loader, device, cfg)
+    logger.log({"final": True, "steps": step, "best_delta1": best, **metrics}, step)
+    logger.print(f"final after {step} steps: delta<1.25 {metrics['delta1']:.4f}, AbsRel {metrics['abs_rel']:.4f}, "
+                 f"RMSE {metrics['rmse']:.3f} m (best delta<1.25 {best:.4f})")
+    logger.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--toy"]:
+        if sys.argv[2:3] != ["spiral"]:
+            print("error: --toy takes 'spiral'", file=sys.stderr)
+            sys.exit(2)
+        from toys import spiral
+        spiral.main(sys.argv[3:])
+        sys.exit(0)
+    try:
+        main(parse_config(sys.argv[1:]))
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        dist.cleanup()
