@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import selfsup
 from accel.hard_augment import frozen_bn_statistics
 from common import dist
 from common.config import ConfigError
@@ -29,8 +28,7 @@ from common.optim import build_optimizer
 from common.plot import line_plot
 from data import DataError, build_images, build_train_loader
 from data.augment import DeviceAugment
-from models import build_backbone
-from train_ssl import parse_config
+from train_ssl import build_model, parse_config
 
 
 def exponential_lrs(lr_start, lr_end, steps):
@@ -101,8 +99,10 @@ def main(cfg):
     val_batch = next(iter(val_loader))
     val_views = augment(val_batch["views"].to(device), val_batch["rand"].to(device), cfg.augment.magnitude, resolution)
 
-    model = selfsup.build_method(cfg.method, build_backbone(cfg.model)).to(device)
-    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    model, blockwise = build_model(cfg)
+    model.to(device)
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+              find_unused_parameters=blockwise) if world > 1 else model
     optimizer = build_optimizer(cfg.optim.name, model.param_groups(), lf.lr_start, cfg.optim.momentum,
                                 cfg.optim.weight_decay)
     model.prepare(lf.steps, sampler.steps_per_epoch)

@@ -64,6 +64,16 @@ def check_config(cfg, world):
         raise ConfigError(f"optim.weight_decay_end must be a number or null, got {wd_end!r}")
 
 
+def build_model(cfg):
+    """The configured method on its backbone; with intermediate losses (any of interloss.aux_losses,
+    partial_backprop, hard_pairs) a head per block around it (selfsup/blockwise.py).
+    Returns (model, blockwise)."""
+    il = cfg.interloss
+    if il.aux_losses or il.partial_backprop or il.hard_pairs:
+        return BlockwiseMethod(cfg.method, build_backbone(cfg.model), il, cfg.train.seed), True
+    return selfsup.build_method(cfg.method, build_backbone(cfg.model)), False
+
+
 def speedup_vs_full_resolution(ledger, res_schedule, r_max, local_batch, ha):
     """Cost of the run against the same steps at full resolution with 2 views, measured (ledger)
     and analytical (WACV'23 Eq. 9's r^2 cost, Eq. 11's selection overhead with C = 6). Empty when
@@ -103,12 +113,7 @@ def main(cfg):
     resolution = cfg.augment.resolution or cfg.data.crop_size
 
     # ---- model
-    il = cfg.interloss
-    blockwise = il.aux_losses or il.partial_backprop or il.hard_pairs
-    if blockwise:  # intermediate losses: a head per block around the method (selfsup/blockwise.py)
-        model = BlockwiseMethod(cfg.method, build_backbone(cfg.model), il, cfg.train.seed)
-    else:
-        model = selfsup.build_method(cfg.method, build_backbone(cfg.model))
+    model, blockwise = build_model(cfg)
     if cfg.train.sync_bn and world > 1:
         model = convert_sync_bn(model, device)
     model.to(device)

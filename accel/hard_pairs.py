@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from accel import hard_augment
 from accel.hard_augment import frozen_bn_statistics
 
 SELECTIONS = ("hard", "easy", "random", "hard_example")
@@ -46,14 +47,11 @@ def crops(x, positions, size):
 
 
 def choose(losses, selection, generator=None):
-    """Per-sample index into the M*M pairs: argmax (hard), argmin (easy) or random."""
-    if selection == "hard":
-        return losses.argmax(1)
-    if selection == "easy":
-        return losses.argmin(1)
-    if selection == "random":
-        return torch.randint(losses.shape[1], (losses.shape[0],), generator=generator).to(losses.device)
-    raise ValueError(f"interloss.selection '{selection}' is not one of {', '.join(SELECTIONS)}")
+    """Per-sample index into the M*M pairs: argmax (hard), argmin (easy) or random, as Hard
+    Augment chooses among view pairs."""
+    if selection not in ("hard", "easy", "random"):
+        raise ValueError(f"interloss.selection '{selection}' is not one of {', '.join(SELECTIONS)}")
+    return hard_augment.choose(losses, selection, generator)
 
 
 @torch.no_grad()

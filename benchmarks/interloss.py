@@ -9,7 +9,10 @@ synthetic set if absent), SimCLR with a CIFAR-stem ResNet-18:
      truncated forward, shorter backward, cropped maps, the M x M head passes) and wall time per
      step, both as ratios to the baseline;
   2. kNN top-1 at an equal wall-clock budget (the paper's Fig. 3 claim): the baseline for
-     --epochs, and PB+HP for as many more epochs as its measured wall-time ratio buys.
+     --epochs, and PB+HP for as many more epochs as its measured wall-time ratio buys;
+  0. first, the paper's sec. 2.2 figure: backward MACs of a 224 px ResNet-50 image when the
+     loss sits after block i (FlopCounterMode), and their mean under uniform draws
+     (paper: 8.2 -> 3.6 GMACs on average).
 
     python benchmarks/interloss.py                      # ~12 min on 2 CPU cores
     python benchmarks/interloss.py --method mocov2 --epochs 10
@@ -60,6 +63,22 @@ def run(args, extra, epochs):
             "wall": train[-1]["time"] - rows[0]["time"], "knn": rows[-1]["knn_top1"], "steps": train[-1]["step"]}
 
 
+def backward_macs():
+    """Backward GMACs per 224 px image of a ResNet-50 truncated after block i (i = 1..4)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    sys.path.insert(0, REPO)
+    from models.resnet import ResNet
+    m, x, out = ResNet("resnet50"), torch.randn(1, 3, 224, 224), []
+    for i in range(1, 5):
+        loss = m.forward_stages(x, i)[-1].mean((2, 3)).sum()
+        with FlopCounterMode(display=False) as c:
+            loss.backward()
+        out.append(c.get_total_flops() / 2e9)
+        m.zero_grad(set_to_none=True)
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="simclr", choices=sorted(HEADS))
@@ -69,6 +88,10 @@ def main():
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    macs = backward_macs()
+    print("ResNet-50, 224 px, backward GMACs per image with the loss after block 1..4: "
+          + ", ".join(f"{v:.2f}" for v in macs) + f"; mean over uniform draws {sum(macs) / 4:.2f} "
+          f"(over blocks 1-3 only {sum(macs[:3]) / 3:.2f}); paper: 8.2 -> 3.6\n")
     res = {name: run(args, extra, args.probe_epochs) for name, extra in SETTINGS.items()}
     b = res["baseline"]
     print(f"{args.method}, CIFAR-stem ResNet-18 width {args.width}, {args.per_class} images/class, 32 px, batch 128, "

@@ -41,6 +41,16 @@ def mlp(dims, last_bn=True, last_bn_affine=False, bn=True, act=nn.ReLU):
     return nn.Sequential(*layers)
 
 
+def ordered_pairs(n_global, n_views, pairs=None):
+    """(teacher view, student view) index pairs of a multi-crop loss (DINO, SwAV): with pairs
+    None, every global view i against every other view; else both directions of each given pair
+    of global views, plus every local view (indices n_global..n_views-1) against every global one."""
+    if pairs is None:
+        return [(i, v) for i in range(n_global) for v in range(n_views) if v != i]
+    out = [o for i, j in pairs for o in ((i, j), (j, i))]
+    return out + [(i, v) for i in range(n_global) for v in range(n_global, n_views)]
+
+
 class SSLMethod(nn.Module):
     def __init__(self, backbone):
         super().__init__()

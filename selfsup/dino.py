@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from accel import token_dropout
 from common import dist
-from selfsup.base import SSLMethod, mlp
+from selfsup.base import SSLMethod, mlp, ordered_pairs
 from selfsup.momentum import MomentumTarget, momentum_schedule
 from selfsup.registry import register
 
@@ -135,11 +135,7 @@ class DINO(SSLMethod):
         with token_dropout.uncompressed(self.backbone):
             local_students = [self.student(v) for v in local_views or []]
         students = [s for s, _ in outs] + local_students
-        if pairs is None:
-            ordered = [(i, v) for i in range(len(outs)) for v in range(len(students)) if v != i]
-        else:  # given pairs of global views (both directions), plus every local view
-            ordered = [o for i, j in pairs for o in ((i, j), (j, i))]
-            ordered += [(i, v) for i in range(len(outs)) for v in range(len(outs), len(students))]
+        ordered = ordered_pairs(len(outs), len(students), pairs)
         terms = [self.h(outs[i][1], students[v]).mean() for i, v in ordered]
         terms += [self.pair_loss(o, t).mean() for o in outs for t in (targets or [])]
         if torch.is_grad_enabled():  # a training forward (not a validation loss)

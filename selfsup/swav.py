@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import dist
-from selfsup.base import SSLMethod, mlp
+from selfsup.base import SSLMethod, mlp, ordered_pairs
 from selfsup.registry import register
 
 DEFAULTS = {
@@ -113,11 +113,7 @@ class SwAV(SSLMethod):
         outs = self.embed(views)
         scores = [p for _, p in outs] + [p for _, p in self.embed(local_views or [])]
         use_queue = c.queue_length > 0 and bool(self.queue_count >= c.queue_length)
-        if pairs is None:
-            ordered = [(i, v) for i in range(len(outs)) for v in range(len(scores)) if v != i]
-        else:
-            ordered = [o for i, j in pairs for o in ((i, j), (j, i))]
-            ordered += [(i, v) for i in range(len(outs)) for v in range(len(outs), len(scores))]
+        ordered = ordered_pairs(len(outs), len(scores), pairs)
         q = {i: self.codes(outs[i][0], outs[i][1], use_queue) for i in sorted({i for i, _ in ordered})}
         terms = [swapped_prediction(q[i], scores[v], c.temperature).mean() for i, v in ordered]
         terms += [self.pair_loss(o, t).mean() for o in outs for t in (targets or [])]

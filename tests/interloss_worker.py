@@ -43,5 +43,6 @@ for step in range(12):
     both = dist.all_gather_no_grad(flat[None])
     assert torch.equal(both[0], both[1]), f"step {step}: ranks differ by {(both[0] - both[1]).abs().max()}"
 assert len(set(blocks)) > 1, blocks
-print(f"rank {r}: partial backprop ok, blocks {blocks}")
+print(f"rank {r}: partial backprop ok, blocks {blocks}", flush=True)
+del ddp  # DDP's reducer must go before the process group (else: "terminate called" at exit)
 dist.cleanup()
