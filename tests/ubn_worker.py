@@ -45,4 +45,5 @@ if r == 0:
     with open(sys.argv[1], "w") as f:
         json.dump(res, f)
 print(f"rank {r}: {res}")
+del ddp  # DDP's reducer must go before the process group (else: "terminate called" at exit)
 dist.cleanup()
