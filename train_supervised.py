@@ -43,7 +43,7 @@ from data.augment import DeviceAugment
 from data.multiview import sample_generator
 from evaluation.knn import topk_accuracy
 from models.batchnorm import convert_sync_bn
-from models.classifier import build_classifier
+from models.classifier import build_classifier, load_pretrained_backbone
 from train_ssl import config_defaults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -133,6 +133,8 @@ def main(cfg):
     resolution = cfg.augment.resolution or cfg.data.crop_size
 
     model = build_classifier(cfg.model, num_classes)
+    if cfg.model.pretrained:  # full fine-tuning of a self-supervised backbone (NeurIPS'24 "FT")
+        load_pretrained_backbone(model, cfg.model.pretrained)
     if cfg.train.sync_bn and world > 1:
         model = convert_sync_bn(model, device)
     model.to(device)

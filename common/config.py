@@ -77,6 +77,9 @@ DEFAULTS = {
         "zero_init_residual": False,
         "patch_size": 16,             # ViTs (vit_t16 | vit_s16 | vit_b16): patch side in pixels
         "freeze_patch_embed": False,  # ViTs: fixed random patch projection (MoCo v3 sec. 4.2)
+        # train_supervised.py: start the classifier's backbone from a train_ssl.py checkpoint (its
+        # "backbone" entry: the method's eval_backbone) -- full fine-tuning (FT) of a pretrained net
+        "pretrained": None,
     },
     "optim": {
         "name": "sgd",                # sgd | lars | adamw

@@ -1,6 +1,8 @@
 """Image classifiers for train_supervised.py: a backbone of this repo plus a linear `fc`, or a
 torchvision model with its own head (Table 4.2 of the thesis: ResNet-50/152, DenseNet-161,
 RegNetX-3.2GF, ViT-S/16)."""
+import os
+
 import torch.nn as nn
 import torchvision
 
@@ -23,12 +25,33 @@ class Classifier(nn.Module):
         return self.fc(self.backbone(x))
 
 
+def load_pretrained_backbone(model, path):
+    """Fine-tuning: load the "backbone" entry of a train_ssl.py checkpoint into model.backbone;
+    every backbone weight must be there (a clear error names the file and the first mismatch)."""
+    from common import checkpoint
+    if not hasattr(model, "backbone"):
+        raise ConfigError(f"model.pretrained needs one of this repo's backbones, not a torchvision {type(model).__name__}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"model.pretrained: checkpoint not found: {path}")
+    state = checkpoint.load(path)
+    if "backbone" not in state:
+        raise ConfigError(f"model.pretrained: {path} has no 'backbone' entry (not a train_ssl.py checkpoint)")
+    where = f"model.pretrained: {path} does not fit the model (model.arch, model.width, model.patch_size)"
+    try:
+        missing, unexpected = model.backbone.load_state_dict(state["backbone"], strict=False)
+    except RuntimeError as e:   # shape mismatches
+        raise ConfigError(f"{where}: {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+    if missing or unexpected:
+        raise ConfigError(f"{where}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
 def build_classifier(model_cfg, num_classes):
     arch = model_cfg.arch
     if arch in RESNETS:
         return Classifier(ResNet(arch, model_cfg.width, model_cfg.cifar_stem, model_cfg.zero_init_residual), num_classes)
     if arch in VITS:
-        return Classifier(ViT(arch), num_classes)
+        return Classifier(ViT(arch, model_cfg.patch_size), num_classes)
     if arch in TORCHVISION:
         return torchvision.models.get_model(arch, num_classes=num_classes)
     raise ConfigError(f"model.arch '{arch}' is not one of {sorted(RESNETS) + sorted(VITS) + list(TORCHVISION)}")

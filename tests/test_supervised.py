@@ -76,3 +76,25 @@ def test_interrupted_selection_run_resumes_to_the_same_weights(tmp_path):
     assert a["step"] == b["step"] == 16
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_fine_tuning_starts_from_the_pretrained_backbone(tiny_run, tmp_path):
+    """model.pretrained (full fine-tuning, NeurIPS'24 'FT'): the classifier's backbone starts
+    from the train_ssl.py checkpoint's backbone; a checkpoint of another architecture is a clear
+    error naming the file."""
+    import pytest
+    from common.config import ConfigError, _to_config
+    from models.classifier import load_pretrained_backbone
+    from train_ssl import config_defaults
+    ckpt = os.path.join(tiny_run, "checkpoint.pt")
+    cfg = _to_config(config_defaults())
+    cfg.model.update(width=8, arch="resnet18")
+    model = load_pretrained_backbone(build_classifier(cfg.model, 10), ckpt)
+    pretrained = checkpoint.load(ckpt)["backbone"]
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in pretrained.items())
+    cfg.model.width = 16
+    with pytest.raises(ConfigError, match="checkpoint.pt does not fit"):
+        load_pretrained_backbone(build_classifier(cfg.model, 10), ckpt)
+    out = str(tmp_path / "ft")
+    run(["train_supervised.py"] + SUP + [f"output_dir={out}", f"model.pretrained={ckpt}", "train.epochs=1"])
+    assert [r for r in read_metrics(out) if "top1" in r]
