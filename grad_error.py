@@ -23,7 +23,7 @@ import torch
 
 import selfsup
 from accel import compression, cost, grad_error, token_dropout
-from common import dist
+from common import checkpoint, dist
 from common.config import ConfigError, load_config
 from common.plot import heatmap
 from data import DataError, build_images, build_train_loader
@@ -58,13 +58,17 @@ def default_patch_sizes(model_patch, crop):
 
 
 def fraction_of(state, cfg, steps_per_epoch):
-    if cfg.train.budget:
-        return float(state["ledger"]["local"].get("budget_units", 0.0)) / cfg.train.budget
-    return state["step"] / max(cfg.train.epochs * steps_per_epoch, 1)
+    if cfg.train.budget:   # the last step may overshoot the budget: that run is at its end
+        # the ledger in a checkpoint is rank 0's; every rank spends the same (equal local batches)
+        spent = float(state["ledger"]["local"].get("budget_units", 0.0)) * state.get("world_size", 1)
+        return min(1.0, spent / cfg.train.budget)
+    return min(1.0, state["step"] / max(cfg.train.epochs * steps_per_epoch, 1))
 
 
 def analyse(path, args, device):
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint not found: {path}")
+    state = checkpoint.load(path)   # weights_only: a checkpoint is data, never code
     cfg = load_config(config_defaults(), args.config, args.overrides, base=state["config"])
     method = selfsup.build_method(cfg.method, build_backbone(cfg.model))
     method.load_state_dict(state["model"])
@@ -126,7 +130,8 @@ def analyse(path, args, device):
             row.append(grad_error.error_profile(G, m, image_cost(st), budget))
         grid.append(row)
         print(f"  patch {p}: done", flush=True)
-    return cfg, state, sampler.steps_per_epoch, drops, patches, grid
+    # the training run's steps per epoch (global batch train.batch_size), not this loader's (sub-batches of k)
+    return cfg, state, max(len(train_images) // cfg.train.batch_size, 1), drops, patches, grid
 
 
 def show(name, key, grid, drops, patches):

@@ -2,6 +2,7 @@
 ViT's compressed forward, Table 1-2 sample costs, the CA-MSE estimator (Eq. 8-10), compression
 schedule files and sample-cost budgets in train_ssl.py."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -231,6 +232,13 @@ def test_budget_run_with_a_schedule_stops_when_the_budget_is_spent(tmp_path):
     assert 0.15 * 60 < units[top - 1] < 0.35 * 60
     summary = read_metrics(out)[-1]
     assert summary["budget_units"] == pytest.approx(units[-1]) and "knn_top1" in summary
+    # grad_error.py on the finished run: the grids, and a schedule that train_ssl.py can read
+    ge = run(["grad_error.py", "--checkpoint", os.path.join(out, "checkpoint.pt"), "--patch-sizes", "8,16",
+              "--drop-ratios", "0,0.5", "--samples", "16", "--sub-batch", "8", "--out", out,
+              "--schedule-out", str(tmp_path / "best.yaml")])
+    assert "checkpoint at 100% of training" in ge.stdout                # budget spent: the end of training
+    assert compression.load_schedule(str(tmp_path / "best.yaml"))
+    assert any(f.startswith("grad_error_") and f.endswith(".png") for f in os.listdir(out))
 
 
 def _plan(overrides):
