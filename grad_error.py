@@ -19,7 +19,6 @@ import json
 import os
 import sys
 
-import torch
 
 import selfsup
 from accel import compression, cost, grad_error, token_dropout
