@@ -19,7 +19,6 @@ import json
 import os
 import sys
 
-
 import selfsup
 from accel import compression, cost, grad_error, token_dropout
 from common import checkpoint, dist
