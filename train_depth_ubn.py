@@ -15,7 +15,6 @@ An epoch is one pass over all training images (len(train) // batch steps) whatev
 fraction, so every fraction gets the same number of steps; the labeled stream cycles through the
 labeled frames. Re-running the same command resumes from output_dir/checkpoint.pt.
 """
-import json
 import os
 import signal
 import sys
@@ -28,8 +27,8 @@ from torch.utils.data import DataLoader, Subset
 
 from accel import ubn
 from common import checkpoint, dist
-from common.config import ConfigError, parse_cli, save_config
-from common.logger import RunLogger
+from common.config import ConfigError, parse_cli
+from common.logger import RunLogger, write_run_files
 from data.depth import DataError, DepthDataset, build_depth_images, labeled_indices
 from data.sampler import EpochSampler
 from evaluation.depth_metrics import NAMES, depth_metrics, summarize
@@ -213,9 +212,7 @@ def main(cfg):
     commit = checkpoint.git_commit()
     logger = RunLogger(cfg.output_dir, is_main)
     if is_main:
-        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-        with open(os.path.join(cfg.output_dir, "run_info.json"), "w") as f:
-            json.dump({"git_commit": commit, "world_size": world, "argv": sys.argv}, f, indent=1)
+        write_run_files(cfg.output_dir, cfg, git_commit=commit, world_size=world)
         logger.print(f"DispNet width {cfg.model.width}, {'UBN' if cfg.ubn.enabled else 'BN'} on {train_images.description}: "
                      f"{len(labeled)} labeled frames (fraction {cfg.data.labeled_fraction:g}); {world} rank(s) x "
                      f"{local_b} labeled{f' + {local_u} unlabeled' if cfg.ubn.enabled else ''}, {total_steps} steps; "

@@ -7,7 +7,6 @@
 
 Re-running the same command with the same output_dir resumes from output_dir/checkpoint.pt.
 """
-import json
 import os
 import signal
 import sys
@@ -21,9 +20,9 @@ from tqdm import tqdm
 import selfsup
 from accel import compression, cost, hard_augment, progressive, schedules
 from common import checkpoint, dist
-from common.config import DEFAULTS, ConfigError, diff_configs, parse_cli, save_config
+from common.config import DEFAULTS, ConfigError, diff_configs, parse_cli
 from common.flops import FlopLedger
-from common.logger import RunLogger
+from common.logger import RunLogger, write_run_files
 from common.optim import build_optimizer, set_weight_decay
 from data import DataError, build_eval_loader, build_images, build_train_loader
 from data.augment import DeviceAugment
@@ -162,11 +161,8 @@ def main(cfg):
     commit = checkpoint.git_commit()
     logger = RunLogger(cfg.output_dir, is_main)
     if is_main:
-        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-        with open(os.path.join(cfg.output_dir, "run_info.json"), "w") as f:
-            json.dump({"git_commit": commit, "world_size": world, "device": str(device),
-                       "argv": sys.argv, "train_images": train_images.description,
-                       "val_images": val_images.description}, f, indent=1)
+        write_run_files(cfg.output_dir, cfg, git_commit=commit, world_size=world, device=str(device),
+                        train_images=train_images.description, val_images=val_images.description)
         logger.print(f"{cfg.method.name} on {train_images.description}; {world} rank(s) x {local_batch} images, "
                      f"{steps_per_epoch} steps/epoch, {total_steps} steps, lr {lr:g}; output {cfg.output_dir}")
 

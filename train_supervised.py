@@ -20,7 +20,6 @@ unlabeled batch from all training images and trains with UBN's two steps (accel/
 step-1 forward is counted in train_pflops.
     python train_supervised.py --config yaml/ubn/cifar10_1000labels_ubn.yaml
 """
-import json
 import math
 import os
 import signal
@@ -34,9 +33,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from accel import schedules, selection, ubn
 from accel.hard_augment import frozen_bn_statistics
 from common import checkpoint, dist
-from common.config import ConfigError, parse_cli, save_config
+from common.config import ConfigError, parse_cli
 from common.flops import FlopLedger
-from common.logger import RunLogger
+from common.logger import RunLogger, write_run_files
 from common.optim import build_optimizer
 from data import DataError, build_eval_loader, build_images, build_train_loader
 from data.augment import DeviceAugment
@@ -167,9 +166,7 @@ def main(cfg):
     commit = checkpoint.git_commit()
     logger = RunLogger(cfg.output_dir, is_main)
     if is_main:
-        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-        with open(os.path.join(cfg.output_dir, "run_info.json"), "w") as f:
-            json.dump({"git_commit": commit, "world_size": world, "argv": sys.argv}, f, indent=1)
+        write_run_files(cfg.output_dir, cfg, git_commit=commit, world_size=world)
         logger.print(f"{cfg.model.arch}, select.method={sel.method}{', UBN' if cfg.ubn.enabled else ''} on "
                      f"{labeled_images.description}; {world} rank(s) x {local_b} (large batch {local_bbar}"
                      f"{f', unlabeled {u_batch // world}' if cfg.ubn.enabled else ''}), {total_steps} steps, lr {lr:g}; "

@@ -6,6 +6,16 @@ import sys
 import time
 
 
+def write_run_files(output_dir, cfg, **info):
+    """The run directory's record of what ran: the resolved config (config.yaml) and
+    run_info.json (the command line plus `info`: git commit, world size, data, ...)."""
+    from common.config import save_config
+    os.makedirs(output_dir, exist_ok=True)
+    save_config(cfg, os.path.join(output_dir, "config.yaml"))
+    with open(os.path.join(output_dir, "run_info.json"), "w") as f:
+        json.dump(dict(info, argv=sys.argv), f, indent=1)
+
+
 class RunLogger:
     def __init__(self, output_dir, enabled=True, tensorboard=True):
         self.enabled = enabled
