@@ -24,8 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CIFAR10 = os.path.join(REPO, "..", "shared", "datasets", "cifar10")
+from cpu_scale import REPO, train_ssl_args
 PAPER = {"+PB": 3.7 / 4.3, "+HP": 3.4 / 4.3, "+PB+HP": 2.8 / 4.3}
 HP = ["interloss.hard_pairs=true", "interloss.pair_blocks=[1,2]", "interloss.candidates=4", "interloss.crop=0.75"]
 SETTINGS = {
@@ -39,13 +38,8 @@ HEADS = {"simclr": ["method.simclr.proj_hidden=512", "method.simclr.temperature=
 
 
 def common_args(args):
-    if os.path.isdir(os.path.join(CIFAR10, "train")):
-        data = ["--config", "yaml/cifar10_simsiam_cpu.yaml", f"data.root={CIFAR10}",
-                f"data.subset_per_class={args.per_class}", f"data.val_subset_per_class={args.per_class // 5}"]
-    else:
-        data = [f"data.synthetic_train_size={10 * args.per_class}"]
-    return data + [f"model.width={args.width}", "train.batch_size=128", "knn.every_epochs=0", "train.log_every=1",
-                   "train.ckpt_every_steps=0", f"train.threads={args.threads}", f"method.name={args.method}"] + HEADS[args.method]
+    return (train_ssl_args(args.per_class, args.width, args.threads)
+            + ["train.log_every=1", f"method.name={args.method}"] + HEADS[args.method])
 
 
 def run(args, extra, epochs):

@@ -20,8 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CIFAR10 = os.path.join(REPO, "..", "shared", "datasets", "cifar10")
+from cpu_scale import REPO, train_ssl_args
 
 MULTI_CROP = ["data.local_views=2", "data.local_crop_size=16", "data.local_crop_scale=[0.05,0.4]"]
 METHOD_ARGS = {
@@ -41,14 +40,7 @@ METHOD_ARGS = {
 
 
 def common_args(args):
-    if os.path.isdir(os.path.join(CIFAR10, "train")):
-        data = ["--config", "yaml/cifar10_simsiam_cpu.yaml", f"data.root={CIFAR10}",
-                f"data.subset_per_class={args.per_class}", f"data.val_subset_per_class={args.per_class // 5}"]
-    else:
-        data = [f"data.synthetic_train_size={10 * args.per_class}"]
-    return data + [f"model.width={args.width}", "train.batch_size=128", f"train.epochs={args.epochs}",
-                   "knn.every_epochs=0", "train.log_every=5", "train.ckpt_every_steps=0",
-                   f"train.threads={args.threads}"]
+    return train_ssl_args(args.per_class, args.width, args.threads) + [f"train.epochs={args.epochs}", "train.log_every=5"]
 
 
 def run_method(name, args):

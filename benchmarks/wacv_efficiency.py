@@ -26,18 +26,12 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from accel import cost, progressive  # noqa: E402
+from cpu_scale import train_ssl_args  # noqa: E402
 
-CIFAR10 = os.path.join(REPO, "..", "shared", "datasets", "cifar10")
 
 
 def common_args(args):
-    if os.path.isdir(os.path.join(CIFAR10, "train")):
-        data = ["--config", "yaml/cifar10_simsiam_cpu.yaml", f"data.root={CIFAR10}",
-                f"data.subset_per_class={args.per_class}", f"data.val_subset_per_class={args.per_class // 5}"]
-    else:
-        data = [f"data.synthetic_train_size={10 * args.per_class}"]
-    return data + [f"model.width={args.width}", "train.batch_size=128", "knn.every_epochs=0",
-                   "train.log_every=5", "train.ckpt_every_steps=0", f"train.threads={args.threads}"]
+    return train_ssl_args(args.per_class, args.width, args.threads) + ["train.log_every=5"]
 
 
 SETTINGS = {
