@@ -22,7 +22,6 @@ follows from it up front: the per-step cost of every stage is known, so walking 
 is spent, and the fraction of budget spent before every step (`progress`), which the learning
 rate, warm-up included, follows (sec. 6.1: budgets, not epochs, make strategies comparable).
 """
-import contextlib
 import math
 
 import numpy as np
@@ -102,11 +101,6 @@ def is_active(stage_list, model_patch):
                for _, (d_q, p_q, d_k, p_k) in stage_list)
 
 
-def stage_index(stage_list, fraction):
-    starts = [s for s, _ in stage_list]
-    return max(0, int(np.searchsorted(starts, fraction, side="right")) - 1)
-
-
 def per_step(stage_list, progress):
     """Per-step arrays (d_q, p_q, d_k, p_k) for the fractions of training `progress`."""
     starts = np.array([s for s, _ in stage_list])
@@ -156,17 +150,17 @@ def image_cost(res, stage, has_target, n_views, n_local=0, L_small=0.0):
 
 class CompressionPlan:
     """What train_ssl.py needs per step: the number of steps (epochs or budget), the compression
-    context of step t, its FLOP-ledger key, and its sample-cost units.
+    of step t (a token_dropout.QueryKey for the method's forward), its FLOP-ledger key, and its
+    sample-cost units. The backbone is a ViT when it says so (`is_vit`, models/vit.py); whether
+    the method has a momentum target is its `has_target` (selfsup/).
 
     units(t) = images x cost.vit_image_cost(...) with L = sequence_length(res, q, d) + 1 (the
     class token; Table 1's L's include it) for the query and key of the stage at step t."""
 
     def __init__(self, cfg, method, steps_per_epoch, global_batch):
-        from models.vit import ViT
         self.cfg = cfg
-        online, targets = token_dropout.online_and_target_backbones(method)
-        self.vit = isinstance(online, ViT)
-        self.has_target = bool(targets)
+        self.vit = bool(getattr(method.backbone, "is_vit", False))
+        self.has_target = bool(method.has_target)
         self.model_patch = cfg.model.patch_size
         self.stages = stages(cfg.accel.compression, self.model_patch)
         self.active = is_active(self.stages, self.model_patch)
@@ -218,11 +212,15 @@ class CompressionPlan:
         """Extra FLOP-ledger key: compressed steps are measured apart from full ones."""
         return ("compression",) + self.stage(step) if self.active else ()
 
-    def context(self, method, step, generator):
+    def compression(self, step, generator):
+        """The `compression` argument of the method's forward at this step: a QueryKey (the query
+        setting for the online backbone, the key setting for the momentum target), or None when
+        compression is off. `generator` draws the dropped tokens."""
         if not self.active:
-            return contextlib.nullcontext()
+            return None
         d_q, p_q, d_k, p_k = self.stage(step)
-        return token_dropout.compressed_method(method, (d_q, p_q, generator), (d_k, p_k, generator))
+        return token_dropout.QueryKey(token_dropout.SeqCompression(d_q, p_q, generator),
+                                      token_dropout.SeqCompression(d_k, p_k, generator))
 
     def units(self, step, res, images, n_views, n_local):
         """Sample-cost units of `images` images at this step (0 for non-ViT backbones)."""

@@ -52,8 +52,8 @@ def sequence_length(image_size, patch_size, drop_ratio=0.0):
 
 
 def vit_sample_cost(method, L_q, L_k, K=0, L_q_small=0.0, L_base=197):
-    """Hardware-independent cost of one sample, Table 1, in units of a forward pass of an
-    uncompressed 197-token sequence. A forward costs L, a backward 2L (sec. 4.4), so a query that
+    """Hardware-independent cost of one sample, Table 1, in units of a forward pass of a
+    full 197-token sequence. A forward costs L, a backward 2L (sec. 4.4), so a query that
     is back-propagated costs 3 L_q and a momentum key L_k. The L's include the class token.
         SimCLR   3 (L_q + L_k) / L_base       (both views through the trained encoder)
         MoCo v3  (3 L_q + L_k) / L_base       (key from the momentum encoder, forward only)

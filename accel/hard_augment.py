@@ -12,31 +12,17 @@ The selection pass runs the network in training mode, as the paper's pseudo-code
 statistics in BatchNorm), but leaves the BN running statistics untouched: they describe the
 training views, not the down-sampled ones.
 """
-import contextlib
 import itertools
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
+
+from common.precision import upcast
+from models.batchnorm import frozen_bn_statistics
 
 
 def all_pairs(n):
     return list(itertools.combinations(range(n), 2))
-
-
-@contextlib.contextmanager
-def frozen_bn_statistics(module):
-    saved = []
-    for m in module.modules():
-        if isinstance(m, _BatchNorm) and m.track_running_stats:
-            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
-            m.momentum = 0.0  # running = (1 - 0) running + 0 batch
-    try:
-        yield
-    finally:
-        for m, momentum, tracked in saved:
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
 
 
 @torch.no_grad()
@@ -47,19 +33,19 @@ def pair_losses(method, views, r_sel):
     with frozen_bn_statistics(method):
         outs = method.embed(small)
     pairs = all_pairs(len(views))
-    losses = torch.stack([method.pair_loss(outs[i], outs[j]).float() for i, j in pairs], 1)
+    losses = torch.stack([upcast(method.pair_loss(outs[i], outs[j])) for i, j in pairs], 1)
     return losses, pairs, outs
 
 
-def choose(losses, selection="hard", generator=None):
+def choose(losses, pick="hard", generator=None):
     """Index of the chosen pair per sample: argmax of the loss (hard), argmin (easy) or random."""
-    if selection == "hard":
+    if pick == "hard":
         return losses.argmax(1)
-    if selection == "easy":
+    if pick == "easy":
         return losses.argmin(1)
-    if selection == "random":
+    if pick == "random":
         return torch.randint(losses.shape[1], (losses.shape[0],), generator=generator).to(losses.device)
-    raise ValueError(f"accel.hard_augment.selection '{selection}' is not one of hard, easy, random")
+    raise ValueError(f"accel.hard_augment.pick '{pick}' is not one of hard, easy, random")
 
 
 def gather_pair(views, pairs, choice):
@@ -88,11 +74,11 @@ def _gather_view(outs, view_idx, b):
     return torch.stack(outs)[view_idx, b]
 
 
-def select(method, views, r_sel, selection="hard", extra_targets=False, generator=None):
+def select(method, views, r_sel, pick="hard", extra_targets=False, generator=None):
     """Views to train on (the chosen pair) and extra targets (or None), plus the mean loss of the
     chosen pairs at r_sel for logging. `method` is the unwrapped module (not DDP)."""
     losses, pairs, outs = pair_losses(method, views, r_sel)
-    choice = choose(losses, selection, generator)
+    choice = choose(losses, pick, generator)
     targets = gather_others(outs, pairs, choice) if extra_targets and len(views) > 2 else None
     picked = losses.gather(1, choice[:, None]).mean()
     return gather_pair(views, pairs, choice), targets, picked

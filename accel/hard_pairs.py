@@ -23,9 +23,10 @@ import math
 import torch
 
 from accel import hard_augment
-from accel.hard_augment import frozen_bn_statistics
+from common.precision import upcast
+from models.batchnorm import frozen_bn_statistics
 
-SELECTIONS = ("hard", "easy", "random", "hard_example")
+PICKS = ("hard", "easy", "random", "hard_example")
 
 
 def crop_size(h, w, crop):
@@ -46,12 +47,12 @@ def crops(x, positions, size):
     return torch.stack([x[:, :, y:y + ch, xx:xx + cw] for y, xx in positions])
 
 
-def choose(losses, selection, generator=None):
+def choose(losses, pick, generator=None):
     """Per-sample index into the M*M pairs: argmax (hard), argmin (easy) or random, as Hard
     Augment chooses among view pairs."""
-    if selection not in ("hard", "easy", "random"):
-        raise ValueError(f"interloss.selection '{selection}' is not one of {', '.join(SELECTIONS)}")
-    return hard_augment.choose(losses, selection, generator)
+    if pick not in ("hard", "easy", "random"):
+        raise ValueError(f"interloss.pair_pick '{pick}' is not one of {', '.join(PICKS)}")
+    return hard_augment.choose(losses, pick, generator)
 
 
 @torch.no_grad()
@@ -64,10 +65,10 @@ def crop_pair_losses(head, wrap, c1, c2):
     with frozen_bn_statistics(head):
         e1 = head.embed([wrap(o1[p], None if t1 is None else t1[p]) for p in range(m)])
         e2 = head.embed([wrap(o2[q], None if t2 is None else t2[q]) for q in range(m)])
-        return torch.stack([head.pair_loss(e1[p], e2[q]).float() for p in range(m) for q in range(m)], 1)
+        return torch.stack([upcast(head.pair_loss(e1[p], e2[q])) for p in range(m) for q in range(m)], 1)
 
 
-def select_crops(head, wrap, maps, targets, crop, m, selection, generator):
+def select_crops(head, wrap, maps, targets, crop, m, pick, generator):
     """Eq. 4 for a pair of views: returns (online maps, target maps) of the chosen crops, the
     chosen index per sample (p * M + q), the [B, M*M] losses and each view's crop positions.
     maps, targets: per view [B, C, H, W] (targets None for methods without a momentum network)."""
@@ -76,7 +77,7 @@ def select_crops(head, wrap, maps, targets, crop, m, selection, generator):
     oc = [crops(x, p, size) for x, (p, size) in zip(maps, pos)]
     tc = [None, None] if targets is None else [crops(t, p, size) for t, (p, size) in zip(targets, pos)]
     losses = crop_pair_losses(head, wrap, (oc[0], tc[0]), (oc[1], tc[1]))
-    choice = choose(losses, selection, generator)
+    choice = choose(losses, pick, generator)
     b = torch.arange(choice.shape[0], device=choice.device)
     p, q = choice // m, choice % m
     new_maps = [oc[0][p, b], oc[1][q, b]]
@@ -89,6 +90,6 @@ def select_hard_examples(head, wrap, maps, targets, crop):
     whole-map loss. Returns (maps, targets, kept indices)."""
     with torch.no_grad(), frozen_bn_statistics(head):
         e = head.embed([wrap(x, None if targets is None else targets[k]) for k, x in enumerate(maps)])
-        loss = head.pair_loss(e[0], e[1]).float()
+        loss = upcast(head.pair_loss(e[0], e[1]))
     keep = loss.topk(math.ceil(crop * crop * loss.shape[0])).indices.sort().values
     return [x[keep] for x in maps], None if targets is None else [t[keep] for t in targets], keep

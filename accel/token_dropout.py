@@ -4,19 +4,22 @@
 tokens already carry their position embeddings, so the encoder still knows where each kept
 patch was. Prefix tokens (the class token) are always kept. Each sample draws its own subset.
 
-A ViT (models/vit.py) reads its `compression` attribute at every forward: a `Compression`
-(drop ratio, patch size, generator) or None (plain forward). The training loop sets it with
+A compressed forward is an ordinary forward with arguments, as MAE passes `mask_ratio`:
+`vit(x, patch_size=q, drop_ratio=d, generator=g)` (models/vit.py). `SeqCompression` holds those
+arguments for one encoder; `QueryKey` holds them for the two encoders of a step, and the
+training loop passes it to the method:
 
-    with compressed(model.backbone, d_q, q_q, gen), compressed(target_backbone, d_k, q_k, gen):
-        loss = method(views)
+    loss = method(views, compression=QueryKey(SeqCompression(d_q, q_q, gen), SeqCompression(d_k, q_k, gen)))
 
-so query (online) and key (momentum target) sequences are configured independently
-(asymmetric dropout for MoCo v3 / DINO: only the online encoder's sequence is compressed, Table 2a;
-SimCLR has one encoder, so both of its views are compressed alike, sec. 6.4). `uncompressed`
-switches compression off inside a region: DINO runs its local crops that way (sec. 6.4: the
-small crops are already short sequences; compressing them further did not help).
+The online backbone gets `query`, the momentum target (MoCo v3's key encoder, BYOL's target,
+DINO's teacher) gets `key`, so the two sequences are configured independently (asymmetric
+dropout for MoCo v3 / DINO: only the online encoder's sequence is compressed, Table 2a). Methods
+without a target (SimCLR, SimSiam, SwAV) use `query` for every view (SimCLR has one encoder,
+so both of its views are compressed alike, sec. 6.4). Local crops are never compressed (sec.
+6.4: the small crops are already short sequences; compressing them further did not help).
+
+This file imports only torch: models/vit.py imports `drop_tokens` from it.
 """
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -46,64 +49,34 @@ def drop_tokens(tokens, drop_ratio, generator=None, num_prefix=0):
     return torch.cat([tokens[:, :num_prefix], kept], 1) if num_prefix else kept
 
 
-@dataclass
-class Compression:
+@dataclass(frozen=True)
+class SeqCompression:
+    """Sequence compression of one encoder's forward (sec. 4): patch size q (0: the model's own;
+    another size resizes the patch kernel by Eq. 3) and token drop ratio d, with the CPU
+    generator that draws the kept tokens."""
     drop_ratio: float = 0.0
-    patch_size: int = 0                 # 0: the model's own patch size
-    generator: torch.Generator = None
+    patch_size: int = 0
+    generator: torch.Generator | None = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.drop_ratio < 1.0:
+            raise ValueError(f"token drop ratio must be in [0, 1), got {self.drop_ratio}")
+        if self.patch_size < 0:
+            raise ValueError(f"patch size must be 0 (the model's) or positive, got {self.patch_size}")
 
     def active(self, model_patch_size):
-        return self.drop_ratio > 0 or (self.patch_size and self.patch_size != model_patch_size)
+        """Whether a forward under this setting differs from a plain one of a model with this patch size."""
+        return self.drop_ratio > 0 or (self.patch_size not in (0, model_patch_size))
+
+    def vit_kwargs(self):
+        """The keyword arguments of ViT.forward (models/vit.py) for this setting."""
+        return {"patch_size": int(self.patch_size), "drop_ratio": float(self.drop_ratio), "generator": self.generator}
 
 
-def _vits(module):
-    from models.vit import ViT
-    return [m for m in module.modules() if isinstance(m, ViT)] if module is not None else []
-
-
-@contextlib.contextmanager
-def compressed(module, drop_ratio=0.0, patch_size=0, generator=None):
-    """Every ViT inside `module` compresses its input sequence within the block."""
-    vits = _vits(module)
-    previous = [v.compression for v in vits]
-    for v in vits:
-        v.compression = Compression(float(drop_ratio), int(patch_size or 0), generator)
-    try:
-        yield
-    finally:
-        for v, c in zip(vits, previous):
-            v.compression = c
-
-
-@contextlib.contextmanager
-def uncompressed(module):
-    """Plain forwards for every ViT inside `module` within the block (DINO's local crops)."""
-    vits = _vits(module)
-    previous = [v.compression for v in vits]
-    for v in vits:
-        v.compression = None
-    try:
-        yield
-    finally:
-        for v, c in zip(vits, previous):
-            v.compression = c
-
-
-def online_and_target_backbones(method):
-    """(online backbone, [other ViTs in the method: momentum-target copies]). The key setting of
-    accel.compression applies to the second list."""
-    online = method.backbone
-    inside = set(id(m) for m in _vits(online))
-    targets = [m for m in _vits(method) if id(m) not in inside]
-    return online, targets
-
-
-@contextlib.contextmanager
-def compressed_method(method, query, key):
-    """query / key: (drop_ratio, patch_size) for the online backbone / the target backbones."""
-    online, targets = online_and_target_backbones(method)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(compressed(online, *query))
-        for t in targets:
-            stack.enter_context(compressed(t, *key))
-        yield
+@dataclass(frozen=True)
+class QueryKey:
+    """The compression of a step's two encoders (sec. 4.3, Table 2a): `query` for the online
+    backbone, `key` for the momentum target; a method without a target uses `query` for every
+    view. None for either: that encoder runs a plain forward."""
+    query: SeqCompression | None = None
+    key: SeqCompression | None = None

@@ -16,13 +16,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from common import rng
+
 N_RAND = 8  # uniform numbers per view for the device-side photometric operations
-
-
-def sample_generator(*keys):
-    """A torch.Generator seeded from a tuple of ints (well mixed by numpy's SeedSequence)."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
 def random_resized_crop_box(height, width, scale, ratio, g):
@@ -68,7 +64,7 @@ class MultiViewDataset(Dataset):
     def __getitem__(self, key):
         index, epoch = key
         img, label = self.images.load(index)
-        g = sample_generator(self.seed, epoch, index)
+        g = rng.generator(self.seed, rng.Stream.DATA, epoch, index)
         out = {"index": index, "label": label}
         out["views"], out["rand"] = self.crops(img, self.num_views, self.crop_size, self.crop_scale, g)
         if self.local_views:

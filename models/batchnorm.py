@@ -4,9 +4,12 @@ torch.nn.SyncBatchNorm only runs on GPUs; this layer does the same job on the CP
 2-rank run computes exactly the statistics of a 1-rank run on the same global batch. On CUDA,
 `convert_sync_bn` hands over to torch's fused SyncBatchNorm.
 """
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from common import dist
 
@@ -26,16 +29,21 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
                                 self.eps)
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
-        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
-        # One all-reduce of [sum, sum of squares, count]; it carries gradients because the
-        # statistics depend on every rank's samples (as in SyncBatchNorm's backward).
-        stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
-        stats = dist.all_reduce_sum_with_grad(stats)
+        xf = x if x.dtype == torch.float64 else x.float()   # statistics in at least float32
         c = x.shape[1]
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        # Each rank's count, mean and centred sum of squares, combined over ranks by Chan et al.'s
+        # pairwise formula: M2 = sum_r M2_r + sum_r n_r (mean_r - mean)^2. (E[x^2] - E[x]^2 in
+        # float32 cancels catastrophically when |mean| >> std, which made 2-rank updates differ
+        # from 1-rank ones by up to 1e-4.) The gather carries gradients: the statistics depend on
+        # every rank's samples, as in SyncBatchNorm's backward.
+        n_r = torch.full((1,), x.numel() / c, device=x.device, dtype=xf.dtype)
+        mean_r = xf.mean(dims)
+        m2_r = (xf - mean_r.view(shape)).square().sum(dims)
+        stats = dist.all_gather_with_grad(torch.cat([n_r, mean_r, m2_r])[None])   # [W, 1 + 2C]
+        counts, means = stats[:, :1], stats[:, 1:1 + c]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (stats[:, 1 + c:].sum(0) + (counts * (means - mean).square()).sum(0)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
@@ -63,3 +71,21 @@ def convert_sync_bn(module, device):
     for name, child in module.named_children():
         out.add_module(name, convert_sync_bn(child, device))
     return out
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(module):
+    """Within the block, training-mode BN layers normalise with batch statistics but leave their
+    running statistics (and num_batches_tracked) untouched: selection passes (Hard Augment, Fast
+    Online Minibatch Selection, block-wise hard pairs) and the LR range test's validation loss."""
+    saved = []
+    for m in module.modules():
+        if isinstance(m, _BatchNorm) and m.track_running_stats:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.momentum = 0.0  # running = (1 - 0) running + 0 batch
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)

@@ -1,12 +1,11 @@
 """Image classifiers for train_supervised.py: a backbone of this repo plus a linear `fc`, or a
 torchvision model with its own head (Table 4.2 of the thesis: ResNet-50/152, DenseNet-161,
 RegNetX-3.2GF, ViT-S/16)."""
-import os
-
 import torch.nn as nn
 import torchvision
 
 from common.config import ConfigError
+from common.run import load_checkpoint
 from models.resnet import ARCHS as RESNETS
 from models.resnet import ResNet
 from models.vit import SIZES as VITS
@@ -28,12 +27,9 @@ class Classifier(nn.Module):
 def load_pretrained_backbone(model, path):
     """Fine-tuning: load the "backbone" entry of a train_ssl.py checkpoint into model.backbone;
     every backbone weight must be there (a clear error names the file and the first mismatch)."""
-    from common import checkpoint
     if not hasattr(model, "backbone"):
         raise ConfigError(f"model.pretrained needs one of this repo's backbones, not a torchvision {type(model).__name__}")
-    if not os.path.isfile(path):
-        raise ConfigError(f"model.pretrained: checkpoint not found: {path}")
-    state = checkpoint.load(path)
+    state = load_checkpoint(path)  # one-line error naming the file if it is missing or unreadable
     if "backbone" not in state:
         raise ConfigError(f"model.pretrained: {path} has no 'backbone' entry (not a train_ssl.py checkpoint)")
     where = f"model.pretrained: {path} does not fit the model (model.arch, model.width, model.patch_size)"

@@ -7,13 +7,13 @@ The forward is split in two so that sequence compression (NeurIPS'24) can act be
 `tokens(x)` embeds patches and adds position embeddings ([B, N, D], any N), `encode(tokens)`
 prepends the class token and runs the blocks, so the encoder accepts any number of tokens.
 
-Sequence compression (NeurIPS'24 sec. 4, accel/token_dropout.py): when `self.compression` is set
-(by `accel.token_dropout.compressed`), the forward embeds patches of size `patch_size` with the
-stored kernel resized by the pseudo-inverse of Eq. 3 (accel/flexi_patch.py), then drops a
-random fraction of the patch tokens after the position embeddings are added; the class token
-is prepended afterwards, so it is always kept. Position embeddings need no resampling: they are
-the fixed sin-cos table computed for whatever grid the patch size gives (a learned table would
-have to be interpolated to the new grid; this one is simply evaluated on it).
+Sequence compression (NeurIPS'24 sec. 4, accel/token_dropout.py) is a forward argument, as MAE
+passes `mask_ratio`: `forward(x, patch_size, drop_ratio, generator)` embeds patches of size
+`patch_size` with the stored kernel resized by the pseudo-inverse of Eq. 3 (accel/flexi_patch.py),
+then drops a random fraction `drop_ratio` of the patch tokens after the position embeddings are
+added; the class token is prepended afterwards, so it is always kept. Position embeddings need
+no resampling: they are the fixed sin-cos table computed for whatever grid the patch size gives
+(a learned table would have to be interpolated to the new grid; this one is simply evaluated on it).
 """
 import functools
 
@@ -55,13 +55,14 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
+    is_vit = True   # takes the compression arguments of forward (selfsup.base.backbone_forward)
+
     def __init__(self, arch="vit_s16", patch_size=16, freeze_patch_embed=False):
         super().__init__()
         if arch not in SIZES:
             raise ConfigError(f"model.arch '{arch}' is not one of {sorted(SIZES)}")
         dim, depth, heads = SIZES[arch]
         self.patch_size, self.num_features = patch_size, dim
-        self.compression = None   # accel.token_dropout.Compression, set around a forward
         self.patch_embed = nn.Conv2d(3, dim, patch_size, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
@@ -98,11 +99,10 @@ class ViT(nn.Module):
             x = blk(x)
         return self.norm(x)[:, 0]
 
-    def forward(self, x):
-        c = self.compression
-        if c is None:
-            return self.encode(self.tokens(x))
-        t = self.tokens(x, c.patch_size)
-        if c.drop_ratio > 0:  # after the position embeddings, before the class token (sec. 4.1)
-            t = drop_tokens(t, c.drop_ratio, c.generator)
+    def forward(self, x, patch_size=0, drop_ratio=0.0, generator=None):
+        """Class-token feature of images x. patch_size: 0 = the model's; drop_ratio: the fraction
+        of patch tokens dropped, drawn with `generator` (NeurIPS'24 sec. 4.1)."""
+        t = self.tokens(x, patch_size)
+        if drop_ratio > 0:  # after the position embeddings, before the class token (sec. 4.1)
+            t = drop_tokens(t, drop_ratio, generator)
         return self.encode(t)

@@ -1,8 +1,8 @@
 """The method interface every SSL method in selfsup/ implements.
 
 A method is an nn.Module holding the backbone and its heads. The training loop calls
-`forward(views, local_views=...)`; Hard Augment (accel/hard_augment.py) and other per-pair
-techniques use the two pieces `forward` is built from:
+`forward(views, local_views=..., compression=...)`; Hard Augment (accel/hard_augment.py) and
+other per-pair techniques use the two pieces `forward` is built from:
 
     outs = method.embed(views)          # one output per view (tensors, or tuples of tensors)
     per_sample = method.pair_loss(outs[i], outs[j])   # [B]: loss of the pair (i, j) per sample
@@ -18,13 +18,34 @@ Per-step hooks, called by train_ssl.py in this order each iteration:
     optimizer.step()
     method.on_step(step)          # after the optimizer: momentum-encoder (EMA) updates
 `prepare(total_steps, steps_per_epoch)` precomputes the per-step arrays once, before the loop.
+
+ViT sequence compression (NeurIPS'24 sec. 4, accel/token_dropout.py): `forward` and `embed` take
+`compression`, a `token_dropout.QueryKey` or None (no compression). The online backbone runs with
+its `query` setting, the momentum target (if any) with its `key` setting; a method without a
+target runs every view with `query`. Local crops are never compressed (sec. 6.4). Every backbone
+call goes through `backbone_forward`, so a ResNet is always called plainly. Each method class
+sets `has_target` (whether it has a momentum target), which accel/compression.py reads.
 """
 import itertools
 
 import torch
 import torch.nn as nn
 
-from accel import token_dropout
+
+def query_key(compression):
+    """(query setting, key setting) of a token_dropout.QueryKey; (None, None) for None."""
+    return (None, None) if compression is None else (compression.query, compression.key)
+
+
+def backbone_forward(backbone, x, compression=None):
+    """backbone(x) under `compression` (a token_dropout.SeqCompression, or None: plain). Only a
+    ViT (models/vit.py, `is_vit`) takes the compression arguments; any backbone is called plainly
+    when the setting changes nothing, so a ResNet never sees them."""
+    if compression is None or not compression.active(getattr(backbone, "patch_size", None)):
+        return backbone(x)
+    if not getattr(backbone, "is_vit", False):
+        raise ValueError(f"sequence compression needs a ViT backbone, not {type(backbone).__name__}")
+    return backbone(x, **compression.vit_kwargs())
 
 
 def mlp(dims, last_bn=True, last_bn_affine=False, bn=True, act=nn.ReLU):
@@ -52,29 +73,32 @@ def ordered_pairs(n_global, n_views, pairs=None):
 
 
 class SSLMethod(nn.Module):
+    has_target: bool   # a momentum target network (set by every method class; accel/compression.py)
+
     def __init__(self, backbone):
         super().__init__()
         self.backbone = backbone
         self.step = 0
 
-    def embed(self, views):
+    def embed(self, views, compression=None):
+        """One output per view; `compression`: a token_dropout.QueryKey or None."""
         raise NotImplementedError
 
     def pair_loss(self, a, b):
         raise NotImplementedError
 
-    def forward(self, views, pairs=None, targets=None, local_views=None):
+    def forward(self, views, pairs=None, targets=None, local_views=None, compression=None):
         """Mean loss over `pairs` of views (default: all pairs), over every (view, target) pair
         when targets are given (per-view outputs computed elsewhere without gradient: Hard
-        Augment's extra targets), and over every (view, local view) pair for multi-crop."""
-        outs = self.embed(views)
+        Augment's extra targets), and over every (view, local view) pair for multi-crop.
+        `compression` (a token_dropout.QueryKey) applies to `views` only."""
+        outs = self.embed(views, compression)
         if pairs is None:
             pairs = list(itertools.combinations(range(len(views)), 2))
         terms = [self.pair_loss(outs[i], outs[j]).mean() for i, j in pairs]
         terms += [self.pair_loss(out, t).mean() for out in outs for t in (targets or [])]
         if local_views:
-            with token_dropout.uncompressed(self.backbone):  # small crops: never compressed (NeurIPS'24 6.4)
-                local_outs = self.embed(local_views)
+            local_outs = self.embed(local_views)  # small crops: never compressed (NeurIPS'24 sec. 6.4)
             terms += [self.pair_loss(out, lo).mean() for out in outs for lo in local_outs]
         if torch.is_grad_enabled():  # a training forward (not a validation loss)
             self.update_state(outs, pairs)

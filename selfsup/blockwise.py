@@ -24,8 +24,8 @@ import torch.nn as nn
 
 import selfsup
 from accel import hard_pairs, partial_backprop
+from common import rng
 from common.config import ConfigError
-from data.multiview import sample_generator
 from selfsup.base import SSLMethod
 from selfsup.momentum import MomentumTarget
 
@@ -64,8 +64,8 @@ class BlockwiseMethod(SSLMethod):
                               f"'{getattr(backbone, 'arch', type(backbone).__name__)}'")
         if il_cfg.bp_scheme not in partial_backprop.SCHEMES:
             raise ConfigError(f"interloss.bp_scheme '{il_cfg.bp_scheme}' is not one of {', '.join(partial_backprop.SCHEMES)}")
-        if il_cfg.selection not in hard_pairs.SELECTIONS:
-            raise ConfigError(f"interloss.selection '{il_cfg.selection}' is not one of {', '.join(hard_pairs.SELECTIONS)}")
+        if il_cfg.pair_pick not in hard_pairs.PICKS:
+            raise ConfigError(f"interloss.pair_pick '{il_cfg.pair_pick}' is not one of {', '.join(hard_pairs.PICKS)}")
         self.n = len(backbone.stage_channels)
         bad = [b for b in il_cfg.pair_blocks if not 1 <= b < self.n]
         if bad:
@@ -75,13 +75,13 @@ class BlockwiseMethod(SSLMethod):
         self.cfg, self.seed = il_cfg, seed
         self.probs = partial_backprop.loss_probabilities(il_cfg.loss_probs, self.n)
         self.heads = nn.ModuleList(selfsup.build_method(method_cfg, BlockPool(c)) for c in backbone.stage_channels)
-        momentum = bool(_momentum_targets(self.heads[-1]))
+        self.has_target = self.heads[-1].has_target
         for head in self.heads:
             if hasattr(head, "shuffle_bn"):
                 head.shuffle_bn = False
             for t in _momentum_targets(head):
                 t.nets[0].side = "target"
-        self.target = MomentumTarget(backbone) if momentum else None
+        self.target = MomentumTarget(backbone) if self.has_target else None
         self.block, self.updated = self.n, list(range(1, self.n + 1))
 
     # ---- per-step hooks
@@ -149,7 +149,7 @@ class BlockwiseMethod(SSLMethod):
         first_grad = min(self.updated) if c.partial_backprop and c.bp_scheme == "nearby" else 1
         online, target = self._stem(views, grad=first_grad == 1)
         local = self._stem(local_views, grad=first_grad == 1)[0] if local_views else []
-        gen = sample_generator(self.seed, self.step, 0x4A)
+        gen = rng.generator(self.seed, rng.Stream.BLOCKWISE, self.step)
         out = {}
         for j in range(1, upto + 1):
             stage = self.backbone.stage(j)
@@ -172,12 +172,12 @@ class BlockwiseMethod(SSLMethod):
                 if len(online) != 2:
                     raise ConfigError(f"interloss.hard_pairs works on 2 global views, got {len(online)}")
                 head = self.heads[j - 1]
-                if c.selection == "hard_example":
+                if c.pair_pick == "hard_example":
                     online, target, _ = hard_pairs.select_hard_examples(head, BlockMaps, online, target, c.crop)
                     local = []  # the dropped samples' local views go too (batch sizes must agree)
                 else:
                     online, target, *_ = hard_pairs.select_crops(head, BlockMaps, online, target, c.crop,
-                                                                   c.candidates, c.selection, gen)
+                                                                   c.candidates, c.pair_pick, gen)
         return out
 
     @staticmethod
@@ -187,14 +187,22 @@ class BlockwiseMethod(SSLMethod):
         return views, [BlockMaps(x) for x in local]
 
     # ---- the SSLMethod interface
-    def embed(self, views):
+    @staticmethod
+    def _no_compression(compression):
+        """A block-wise run is a ResNet (stem + stages): ViT sequence compression has nothing to act on."""
+        if compression is not None:
+            raise ValueError("interloss (BlockwiseMethod) runs a ResNet: ViT sequence compression does not apply")
+
+    def embed(self, views, compression=None):
         """The final head's outputs on full maps (Hard Augment ranks views with it)."""
+        self._no_compression(compression)
         return self.heads[-1].embed(self._inputs(self.run(views, self.n, select=False)[self.n])[0])
 
     def pair_loss(self, a, b):
         return self.heads[-1].pair_loss(a, b)
 
-    def forward(self, views, pairs=None, targets=None, local_views=None):
+    def forward(self, views, pairs=None, targets=None, local_views=None, compression=None):
+        self._no_compression(compression)
         out = self.run(views, self.block, local_views)
         losses = {}
         for i in self.trained_heads():

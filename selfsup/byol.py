@@ -7,7 +7,7 @@ outputs, target momentum rising from 0.996 to 1 on a cosine (sec. 3.2), LARS wit
 """
 import torch.nn.functional as F
 
-from selfsup.base import SSLMethod, mlp
+from selfsup.base import SSLMethod, backbone_forward, mlp, query_key
 from selfsup.momentum import MomentumTarget, momentum_schedule
 from selfsup.registry import register
 
@@ -33,6 +33,8 @@ def byol_loss(p1, p2, z1, z2):
 
 @register("byol", DEFAULTS)
 class BYOL(SSLMethod):
+    has_target = True
+
     def __init__(self, backbone, cfg):
         super().__init__(backbone)
         self.projector = mlp([backbone.num_features, cfg.proj_hidden, cfg.proj_dim], last_bn=False)
@@ -44,9 +46,11 @@ class BYOL(SSLMethod):
     def prepare(self, total_steps, steps_per_epoch):
         self.ema = momentum_schedule(self.ema_kind, self.ema_base, total_steps)
 
-    def embed(self, views):
-        """Per view (p, z): online prediction, target projection (no gradient)."""
-        return [(self.predictor(self.projector(self.backbone(v))), self.target(v)) for v in views]
+    def embed(self, views, compression=None):
+        """Per view (p, z): online prediction (query setting), target projection (key setting, no gradient)."""
+        query, key = query_key(compression)
+        return [(self.predictor(self.projector(backbone_forward(self.backbone, v, query))), self.target(v, key))
+                for v in views]
 
     def pair_loss(self, a, b):
         (p1, z1), (p2, z2) = a, b

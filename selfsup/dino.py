@@ -20,16 +20,17 @@ teacher temperature. Local views are never teachers, and they are not ranked: Ha
 picks the 2 global views, the local crops are added afterwards.
 
 ViT sequence compression (NeurIPS'24, accel/token_dropout.py) applies to the global views only:
-the student pass over the local crops runs inside `token_dropout.uncompressed`.
+the student gets the query setting, the teacher the key setting; the student pass over the local
+crops calls the backbone plainly (sec. 6.4).
 """
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from accel import token_dropout
 from common import dist
-from selfsup.base import SSLMethod, mlp, ordered_pairs
+from common.precision import upcast
+from selfsup.base import SSLMethod, backbone_forward, mlp, ordered_pairs, query_key
 from selfsup.momentum import MomentumTarget, momentum_schedule
 from selfsup.registry import register
 
@@ -84,12 +85,14 @@ def teacher_temperature_schedule(total_steps, steps_per_epoch, start, end, warmu
 
 def distillation_loss(teacher_logits, student_logits, center, teacher_temp, student_temp):
     """Per-sample H(P_t, P_s) = -sum_k P_t,k log P_s,k with the centred, sharpened teacher."""
-    p_t = F.softmax((teacher_logits.float() - center) / teacher_temp, dim=-1)
-    return -(p_t * F.log_softmax(student_logits.float() / student_temp, dim=-1)).sum(-1)
+    p_t = F.softmax((upcast(teacher_logits) - center) / teacher_temp, dim=-1)
+    return -(p_t * F.log_softmax(upcast(student_logits) / student_temp, dim=-1)).sum(-1)
 
 
 @register("dino", DEFAULTS)
 class DINO(SSLMethod):
+    has_target = True
+
     def __init__(self, backbone, cfg):
         super().__init__(backbone)
         self.head = DINOHead(backbone.num_features, cfg)
@@ -114,12 +117,15 @@ class DINO(SSLMethod):
     def schedule_values(self):
         return dict(super().schedule_values(), teacher_temp=self.current_teacher_temp())
 
-    def student(self, x):
-        return self.head(self.backbone(x))
+    def student(self, x, compression=None):
+        """Student logits; `compression`: the query setting (token_dropout.SeqCompression or None)."""
+        return self.head(backbone_forward(self.backbone, x, compression))
 
-    def embed(self, views):
-        """Per (global) view (student logits, teacher logits); the teacher without gradient."""
-        return [(self.student(v), self.teacher(v)) for v in views]
+    def embed(self, views, compression=None):
+        """Per (global) view (student logits, teacher logits): the student with the query setting,
+        the teacher with the key setting and without gradient."""
+        query, key = query_key(compression)
+        return [(self.student(v, query), self.teacher(v, key)) for v in views]
 
     def h(self, teacher_logits, student_logits):
         return distillation_loss(teacher_logits, student_logits, self.center, self.current_teacher_temp(),
@@ -128,12 +134,11 @@ class DINO(SSLMethod):
     def pair_loss(self, a, b):
         return 0.5 * (self.h(a[1], b[0]) + self.h(b[1], a[0]))
 
-    def forward(self, views, pairs=None, targets=None, local_views=None):
-        outs = self.embed(views)
+    def forward(self, views, pairs=None, targets=None, local_views=None, compression=None):
+        outs = self.embed(views, compression)
         # NeurIPS'24 sec. 6.4: the small crops are already short sequences; they are never
-        # compressed, whatever compression the loop set on the backbone for the global views
-        with token_dropout.uncompressed(self.backbone):
-            local_students = [self.student(v) for v in local_views or []]
+        # compressed, whatever compression the global views get
+        local_students = [self.student(v) for v in local_views or []]
         students = [s for s, _ in outs] + local_students
         ordered = ordered_pairs(len(outs), len(students), pairs)
         terms = [self.h(outs[i][1], students[v]).mean() for i, v in ordered]
@@ -145,7 +150,7 @@ class DINO(SSLMethod):
     @torch.no_grad()
     def update_state(self, outs, pairs):
         """Centre update (DINO Eq. 4) with the teacher outputs of all global views, all ranks."""
-        t = torch.cat([t for _, t in outs], 0).float()
+        t = upcast(torch.cat([t for _, t in outs], 0))
         total = dist.all_reduce_sum(torch.cat([t.sum(0), t.new_tensor([t.shape[0]])]))
         batch_center = total[:-1] / total[-1]
         m = self.cfg.center_momentum

@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import dist
-from selfsup.base import SSLMethod, mlp
+from common.precision import upcast
+from selfsup.base import SSLMethod, backbone_forward, mlp, query_key
 from selfsup.momentum import MomentumTarget, momentum_schedule
 from selfsup.registry import register
 
@@ -46,24 +47,26 @@ def info_nce(q, k, queue, temperature):
     pos = (q * k.detach()).sum(1, keepdim=True)
     neg = q @ queue.detach().clone().T   # a copy: the queue is updated in place before backward
     logits = torch.cat([pos, neg], 1) / temperature
-    return F.cross_entropy(logits.float(), torch.zeros(q.shape[0], dtype=torch.long, device=q.device),
+    return F.cross_entropy(upcast(logits), torch.zeros(q.shape[0], dtype=torch.long, device=q.device),
                            reduction="none")
 
 
-def shuffled_forward(encoder, x, step):
-    """encoder(x) with the global batch permuted across ranks (shuffling BN); no gradient."""
+def shuffled_forward(encoder, x, step, compression=None):
+    """encoder(x, compression) with the global batch permuted across ranks (shuffling BN); no gradient."""
     world = dist.world_size()
     if world == 1:
-        return encoder(x)
+        return encoder(x, compression)
     bsz = x.shape[0]
     x_all = dist.all_gather_no_grad(x)
     perm = torch.randperm(x_all.shape[0], generator=torch.Generator().manual_seed(int(step))).to(x.device)
     mine = slice(dist.rank() * bsz, (dist.rank() + 1) * bsz)
-    k_all = dist.all_gather_no_grad(encoder(x_all[perm[mine]]))    # k_all[j] = key of image perm[j]
+    k_all = dist.all_gather_no_grad(encoder(x_all[perm[mine]], compression))    # k_all[j] = key of image perm[j]
     return k_all[torch.argsort(perm)[mine]]
 
 
 class MoCo(SSLMethod):
+    has_target = True
+
     def __init__(self, backbone, cfg):
         super().__init__(backbone)
         d = backbone.num_features
@@ -78,30 +81,34 @@ class MoCo(SSLMethod):
     def prepare(self, total_steps, steps_per_epoch):
         self.ema = momentum_schedule(self.ema_kind, self.ema_base, total_steps)
 
-    def keys(self, x):
+    def keys(self, x, compression=None):
+        """Momentum keys; `compression`: the key setting (token_dropout.SeqCompression or None)."""
         if self.shuffle_bn:
-            return F.normalize(shuffled_forward(self.target, x, self.step), dim=1)
-        return F.normalize(self.target(x), dim=1)
+            return F.normalize(shuffled_forward(self.target, x, self.step, compression), dim=1)
+        return F.normalize(self.target(x, compression), dim=1)
 
-    def query(self, x):
-        return F.normalize(self.projector(self.backbone(x)), dim=1)
+    def query(self, x, compression=None):
+        """Queries; `compression`: the query setting (token_dropout.SeqCompression or None)."""
+        return F.normalize(self.projector(backbone_forward(self.backbone, x, compression)), dim=1)
 
-    def embed(self, views):
+    def embed(self, views, compression=None):
         """Per view (q, k): query (with gradient) and momentum key, both L2-normalised."""
-        return [(self.query(v), self.keys(v)) for v in views]
+        q_setting, k_setting = query_key(compression)
+        return [(self.query(v, q_setting), self.keys(v, k_setting)) for v in views]
 
-    def forward(self, views, pairs=None, targets=None, local_views=None):
+    def forward(self, views, pairs=None, targets=None, local_views=None, compression=None):
         if self.symmetric or targets or local_views:
-            return super().forward(views, pairs, targets, local_views)
+            return super().forward(views, pairs, targets, local_views, compression)
         # asymmetric MoCo computes only what ctr(q_i, k_j) needs: queries of the views i,
         # keys of the views j (MoCo's own step: one query and one key forward, not two each)
         if pairs is None:
             pairs = [(i, j) for i in range(len(views)) for j in range(i + 1, len(views))]
-        q = {i: self.query(views[i]) for i in sorted({i for i, _ in pairs})}
-        k = {j: self.keys(views[j]) for j in sorted({j for _, j in pairs})}
+        q_setting, k_setting = query_key(compression)
+        q = {i: self.query(views[i], q_setting) for i in sorted({i for i, _ in pairs})}
+        k = {j: self.keys(views[j], k_setting) for j in sorted({j for _, j in pairs})}
         loss = torch.stack([info_nce(q[i], k[j], self.queue, self.temperature).mean() for i, j in pairs]).mean()
         if torch.is_grad_enabled():
-            self.enqueue(torch.cat([k[j] for j in sorted(k)], 0))
+            self.enqueue(torch.cat([dist.all_gather_no_grad(k[j].contiguous()) for j in sorted(k)], 0))
         return {"loss": loss}
 
     def pair_loss(self, a, b):
@@ -115,11 +122,13 @@ class MoCo(SSLMethod):
         """Enqueue every key that served as a positive this step (view j of each pair (i, j);
         both views for the symmetric loss), from all ranks, replacing the oldest entries."""
         used = sorted({j for _, j in pairs} | ({i for i, _ in pairs} if self.symmetric else set()))
-        self.enqueue(torch.cat([outs[j][1] for j in used], 0))
+        # gathered view by view, so the queue holds the global batch's keys in the order a single
+        # process would enqueue them (view 1 of all images, then view 2), whatever the ranks
+        self.enqueue(torch.cat([dist.all_gather_no_grad(outs[j][1].contiguous()) for j in used], 0))
 
     @torch.no_grad()
     def enqueue(self, keys):
-        keys = dist.all_gather_no_grad(keys.contiguous())
+        """keys: the global batch's keys (already gathered from all ranks)."""
         idx = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % self.queue.shape[0]
         self.queue[idx] = keys.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.queue.shape[0])

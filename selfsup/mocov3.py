@@ -6,7 +6,7 @@ key encoder (backbone, projector), InfoNCE against the keys of the global batch;
 
 Keys are gathered from all ranks without gradient (they come from the momentum encoder), so
 a 2-rank run computes the loss and update of the 1-rank run on the same global batch when BN
-uses global-batch statistics (train.sync_bn=true, as MoCo v3 does); tests/test_methods_dist.py.
+uses global-batch statistics (train.sync_bn=true, as MoCo v3 does); tests/test_training.py.
 
 Defaults from the MoCo v3 paper/code: projector (2 layers for ResNet, 3 for ViT) and 2-layer predictor
 with BN, 4096 hidden units, 256 outputs (the projector's last BN without affine); key momentum 0.99 rising to
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from common import dist
-from selfsup.base import SSLMethod, mlp
+from common.precision import upcast
+from selfsup.base import SSLMethod, backbone_forward, mlp, query_key
 from selfsup.momentum import MomentumTarget, momentum_schedule
 from selfsup.registry import register
 
@@ -39,12 +40,14 @@ def contrastive(q, k, temperature):
     q, k = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
     keys = dist.all_gather_no_grad(k)
     labels = dist.rank() * q.shape[0] + torch.arange(q.shape[0], device=q.device)
-    logits = (q @ keys.T / temperature).float()
+    logits = upcast(q @ keys.T / temperature)
     return F.cross_entropy(logits, labels, reduction="none") * (2 * temperature)
 
 
 @register("mocov3", DEFAULTS)
 class MoCoV3(SSLMethod):
+    has_target = True
+
     def __init__(self, backbone, cfg):
         super().__init__(backbone)
         dims = [backbone.num_features] + [cfg.proj_hidden] * (cfg.proj_layers - 1) + [cfg.proj_dim]
@@ -57,9 +60,12 @@ class MoCoV3(SSLMethod):
     def prepare(self, total_steps, steps_per_epoch):
         self.ema = momentum_schedule(self.ema_kind, self.ema_base, total_steps)
 
-    def embed(self, views):
-        """Per view (q, k): predicted query and momentum key."""
-        return [(self.predictor(self.projector(self.backbone(v))), self.target(v)) for v in views]
+    def embed(self, views, compression=None):
+        """Per view (q, k): predicted query (query setting) and momentum key (key setting: NeurIPS'24
+        Table 2a compresses only the query)."""
+        query, key = query_key(compression)
+        return [(self.predictor(self.projector(backbone_forward(self.backbone, v, query))), self.target(v, key))
+                for v in views]
 
     def pair_loss(self, a, b):
         return contrastive(a[0], b[1], self.temperature) + contrastive(b[0], a[1], self.temperature)

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from accel.schedules import cosine
+from common.schedules import cosine
 from common.config import ConfigError
+from selfsup.base import backbone_forward
 
 
 def momentum_schedule(kind, base, total_steps):
@@ -29,7 +30,9 @@ def momentum_schedule(kind, base, total_steps):
 
 
 class MomentumTarget(nn.Module):
-    """A frozen copy of `modules` applied in sequence; `update(modules, m)` is the EMA step."""
+    """A frozen copy of `modules` applied in sequence; `update(modules, m)` is the EMA step.
+    The first module is the backbone copy: `compression` (a token_dropout.SeqCompression, the
+    key setting of NeurIPS'24 sec. 4.3) applies to it."""
 
     def __init__(self, *modules):
         super().__init__()
@@ -37,8 +40,9 @@ class MomentumTarget(nn.Module):
         self.nets.requires_grad_(False)
 
     @torch.no_grad()
-    def forward(self, x):
-        for net in self.nets:
+    def forward(self, x, compression=None):
+        x = backbone_forward(self.nets[0], x, compression)
+        for net in self.nets[1:]:
             x = net(x)
         return x
 

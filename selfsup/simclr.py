@@ -8,13 +8,14 @@ epochs (yaml/methods/).
 Negatives come from the global batch: both views' embeddings are gathered from every rank
 WITH gradient (`all_gather_with_grad`), so a loss term of rank r back-propagates into the
 samples of rank s too, and a 2-rank run computes the gradient of the 1-rank run on the same
-global batch (tests/test_methods_dist.py).
+global batch (tests/test_training.py).
 """
 import torch
 import torch.nn.functional as F
 
 from common import dist
-from selfsup.base import SSLMethod, mlp
+from common.precision import upcast
+from selfsup.base import SSLMethod, backbone_forward, mlp, query_key
 from selfsup.registry import register
 
 DEFAULTS = {
@@ -39,19 +40,23 @@ def nt_xent(a, b, temperature):
     for anchor, pos, own in ((a, idx + n, idx), (b, idx, idx + n)):
         logits = anchor @ keys.T / temperature
         logits = logits.masked_fill(F.one_hot(own, 2 * n).bool(), float("-inf"))
-        losses.append(F.cross_entropy(logits.float(), pos, reduction="none"))
+        losses.append(F.cross_entropy(upcast(logits), pos, reduction="none"))
     return 0.5 * (losses[0] + losses[1])
 
 
 @register("simclr", DEFAULTS)
 class SimCLR(SSLMethod):
+    has_target = False
+
     def __init__(self, backbone, cfg):
         super().__init__(backbone)
         self.projector = mlp([backbone.num_features, cfg.proj_hidden, cfg.proj_dim], last_bn=False)
         self.temperature = cfg.temperature
 
-    def embed(self, views):
-        return [self.projector(self.backbone(v)) for v in views]
+    def embed(self, views, compression=None):
+        """Per view the projection; one encoder, so every view gets the query setting (NeurIPS'24 sec. 6.4)."""
+        query, _ = query_key(compression)
+        return [self.projector(backbone_forward(self.backbone, v, query)) for v in views]
 
     def pair_loss(self, a, b):
         return nt_xent(a, b, self.temperature)

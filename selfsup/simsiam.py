@@ -4,7 +4,7 @@ projector of 2048, predictor bottleneck 512, predictor at a fixed learning rate;
 2-layer projector)."""
 import torch.nn.functional as F
 
-from selfsup.base import SSLMethod, mlp
+from selfsup.base import SSLMethod, backbone_forward, mlp, query_key
 from selfsup.registry import register
 
 DEFAULTS = {
@@ -31,6 +31,8 @@ def simsiam_loss(p1, p2, z1, z2):
 
 @register("simsiam", DEFAULTS)
 class SimSiam(SSLMethod):
+    has_target = False
+
     def __init__(self, backbone, cfg):
         super().__init__(backbone)
         d, h = backbone.num_features, cfg.proj_dim
@@ -38,11 +40,12 @@ class SimSiam(SSLMethod):
         self.predictor = mlp([h, cfg.pred_hidden, h], last_bn=False)
         self.fix_pred_lr, self.pred_lr_mult = cfg.fix_pred_lr, cfg.pred_lr_mult
 
-    def embed(self, views):
-        """Per view (z, p): projection and prediction."""
+    def embed(self, views, compression=None):
+        """Per view (z, p): projection and prediction; every view with the query setting."""
+        query, _ = query_key(compression)
         outs = []
         for v in views:
-            z = self.projector(self.backbone(v))
+            z = self.projector(backbone_forward(self.backbone, v, query))
             outs.append((z, self.predictor(z)))
         return outs
 

@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import dist
-from selfsup.base import SSLMethod, mlp, ordered_pairs
+from common.precision import upcast
+from selfsup.base import SSLMethod, backbone_forward, mlp, ordered_pairs, query_key
 from selfsup.registry import register
 
 DEFAULTS = {
@@ -49,7 +50,7 @@ def sinkhorn(scores, epsilon, iters):
     """Codes for scores [B_local, K]: Q = exp(scores / eps) rescaled alternately so that each
     prototype receives 1/K of the global batch's mass and each sample 1/B (SwAV Eq. 3, sums over
     all ranks); returned per sample (rows sum to 1): [B_local, K]."""
-    scores = scores.float()
+    scores = upcast(scores)
     shift = dist.all_reduce_max(scores.max().clone())   # one shift for all ranks keeps exp finite
     q = torch.exp((scores - shift) / epsilon).T         # [K, B_local]
     k = q.shape[0]
@@ -63,11 +64,13 @@ def sinkhorn(scores, epsilon, iters):
 
 def swapped_prediction(codes, scores, temperature):
     """Per-sample H(q, softmax(p / tau)) = -sum_k q_k log softmax(p / tau)_k."""
-    return -(codes * F.log_softmax(scores.float() / temperature, dim=1)).sum(1)
+    return -(codes * F.log_softmax(upcast(scores) / temperature, dim=1)).sum(1)
 
 
 @register("swav", DEFAULTS)
 class SwAV(SSLMethod):
+    has_target = False
+
     def __init__(self, backbone, cfg):
         super().__init__(backbone)
         self.projector = mlp([backbone.num_features, cfg.proj_hidden, cfg.proj_dim], last_bn=False)
@@ -86,11 +89,12 @@ class SwAV(SSLMethod):
         with torch.no_grad():  # SwAV normalises the prototypes before each step
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
 
-    def embed(self, views):
-        """Per view (z, p): normalised projection and prototype scores."""
+    def embed(self, views, compression=None):
+        """Per view (z, p): normalised projection and prototype scores; every view with the query setting."""
+        query, _ = query_key(compression)
         outs = []
         for v in views:
-            z = F.normalize(self.projector(self.backbone(v)), dim=1)
+            z = F.normalize(self.projector(backbone_forward(self.backbone, v, query)), dim=1)
             outs.append((z, self.prototypes(z)))
         return outs
 
@@ -108,9 +112,10 @@ class SwAV(SSLMethod):
         qa, qb = sinkhorn(a[1].detach(), c.epsilon, c.sinkhorn_iters), sinkhorn(b[1].detach(), c.epsilon, c.sinkhorn_iters)
         return 0.5 * (swapped_prediction(qa, b[1], c.temperature) + swapped_prediction(qb, a[1], c.temperature))
 
-    def forward(self, views, pairs=None, targets=None, local_views=None):
+    def forward(self, views, pairs=None, targets=None, local_views=None, compression=None):
         c = self.cfg
-        outs = self.embed(views)
+        outs = self.embed(views, compression)
+        # local crops: never compressed (NeurIPS'24 sec. 6.4)
         scores = [p for _, p in outs] + [p for _, p in self.embed(local_views or [])]
         use_queue = c.queue_length > 0 and bool(self.queue_count >= c.queue_length)
         ordered = ordered_pairs(len(outs), len(scores), pairs)

@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from common import dist
+from models.batchnorm import GlobalBatchNorm
 
 
 def _is_global(m):
     """Does this layer normalise over all ranks' batches? (SyncBatchNorm or our GlobalBatchNorm.)"""
-    from models.batchnorm import GlobalBatchNorm
     return isinstance(m, (nn.SyncBatchNorm, GlobalBatchNorm)) and dist.is_dist() and dist.world_size() > 1
 
 

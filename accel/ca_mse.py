@@ -3,11 +3,11 @@
 For a strategy c (drop ratio, patch size) at parameters theta:
     MSE(g^c, G) = ||G - g_bar^c||^2 + E||g^c - g_bar^c||^2 = Bias^2 + Var          (Eq. 8-9)
     CA-MSE(g^c) = Bias^2 + Cost(c) / Budget * Var                                    (Eq. 10)
-G (the uncompressed mean gradient) and g_bar^c are sample means over the same N samples. Autograd
+G (the full-sequence mean gradient) and g_bar^c are sample means over the same N samples. Autograd
 only gives the gradient of a whole batch, so the per-sample variance is estimated from the means
 of sub-batches of K samples: Var(per sample) = K Var(sub-batch mean) (sec. 5.1). Budget is
 the cost (in sample-cost units) of one training batch without compression, so the variance term
-of the uncompressed strategy is Var / batch: the variance of the gradient actually used in a
+of the full-sequence strategy is Var / batch: the variance of the gradient actually used in a
 step; a strategy of cost Cost(c) fits Budget / Cost(c) samples into the same budget. Every
 figure is divided by ||G||^2 (Fig. 4 is normalised by the magnitude of the ground-truth gradient).
 
@@ -18,6 +18,7 @@ O(params), never O(samples x params).
 import torch
 
 from accel import token_dropout
+from common import rng
 
 
 class GradientMoments:
@@ -71,16 +72,16 @@ def strategy_moments(method, batches, stage, sub_batch, seed=0):
     sub-batches that `batches()` yields (an iterable of (views, local_views); called afresh, it
     must yield the same data). Buffers that a forward changes (BN statistics, DINO's centre,
     queues) are restored after every sub-batch, so every strategy sees the same model."""
-    from data.multiview import sample_generator
     params = [p for p in method.parameters() if p.requires_grad]
     buffers = {k: v.clone() for k, v in method.state_dict().items() if not any(v is p for p in params)}
     moments = GradientMoments(sub_batch)
     d_q, p_q, d_k, p_k = stage
     for j, (views, local_views) in enumerate(batches()):
-        gen = sample_generator(seed, j, 11)
+        gen = rng.generator(seed, rng.Stream.CA_MSE, j)
         method.zero_grad(set_to_none=True)
-        with token_dropout.compressed_method(method, (d_q, p_q, gen), (d_k, p_k, gen)):
-            loss = method(views, local_views=local_views)["loss"]
+        setting = token_dropout.QueryKey(token_dropout.SeqCompression(d_q, p_q, gen),
+                                         token_dropout.SeqCompression(d_k, p_k, gen))
+        loss = method(views, local_views=local_views, compression=setting)["loss"]
         loss.backward()
         moments.add(flat_grad(params))
         method.load_state_dict(buffers, strict=False)
