@@ -1,4 +1,4 @@
-"""Configuration: one tree of defaults, YAML files that override it, `key.sub=value` on the command line.
+"""Configuration: a tree of defaults per script, YAML files that override it, `key.sub=value` on the command line.
 
 Precedence (lowest first): the defaults in this file (and the per-method defaults that each
 `selfsup/<method>.py` declares), the YAML file chain (a file may name a `base:` file it
@@ -15,12 +15,19 @@ import os
 import yaml
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """Bad input from the user (config, data, checkpoint): reported as one line naming the key,
+    file or value, exit code 2 (common/run.py's `cli`)."""
+
+
+class ConfigError(InputError):
     """A bad key, value or file in the configuration. The message names it."""
 
 
-# The shared defaults. Scripts add their own sections (the SSL method's, say) before parsing.
-DEFAULTS = {
+# The sections every image-classification-style script shares (data, augment, model, optim,
+# train). Each script composes its own tree from these and its own sections (`compose`), so a key
+# that a script does not read is an unknown key there. train_depth_ubn.py has a tree of its own.
+SHARED = {
     "output_dir": "runs/quickstart",
     "data": {
         "name": "synthetic",          # synthetic | imagefolder | cifar10
@@ -38,13 +45,6 @@ DEFAULTS = {
         "crop_scale": [0.2, 1.0],     # RandomResizedCrop area range (SimSiam / MoCo v2 use 0.2-1.0)
         "eval_resize": 32,            # kNN / linear eval: resize shorter side to this, then ...
         "eval_crop": 32,              # ... center crop to this (ImageNet: 256 / 224)
-        "num_views": 2,               # views per image delivered by the loader (global views)
-        # Multi-crop (SwAV, DINO): this many extra small views per image at local_crop_size, from
-        # RandomResizedCrop areas in local_crop_scale; they stay at that size whatever the
-        # resolution schedule does to the global views, and Hard Augment does not rank them.
-        "local_views": 0,
-        "local_crop_size": 96,
-        "local_crop_scale": [0.05, 0.14],
         "workers": 2,                 # loader worker processes per rank
         "prefetch_factor": 4,
     },
@@ -77,9 +77,6 @@ DEFAULTS = {
         "zero_init_residual": False,
         "patch_size": 16,             # ViTs (vit_t16 | vit_s16 | vit_b16): patch side in pixels
         "freeze_patch_embed": False,  # ViTs: fixed random patch projection (MoCo v3 sec. 4.2)
-        # train_supervised.py: start the classifier's backbone from a train_ssl.py checkpoint (its
-        # "backbone" entry: the method's eval_backbone) -- full fine-tuning (FT) of a pretrained net
-        "pretrained": None,
     },
     "optim": {
         "name": "sgd",                # sgd | lars | adamw
@@ -94,7 +91,7 @@ DEFAULTS = {
         "clip_grad": 0.0,             # > 0: clip the global gradient norm to this (DINO ViT: 3.0)
         # cosine: WACV'23 Eq. 5 (Eq. 6 with warmup_epochs > 0) | constant | poly (warm-up, then
         # (1 - s)^poly_power) | f1clr: Eq. 8, warm-up of warmup_epochs, anti-phased momentum |
-        # onecycle: Eq. 7, first phase onecycle_pct of training (accel/schedules.py)
+        # onecycle: Eq. 7, first phase onecycle_pct of training (common/schedules.py)
         "schedule": "cosine",
         "warmup_epochs": 0.0,
         "warmup_fraction": 0.0,       # >0: warm-up as this fraction of training (of train.budget), instead of warmup_epochs
@@ -103,57 +100,6 @@ DEFAULTS = {
         "momentum_high": 0.95,
         "onecycle_pct": 0.3,
         "poly_power": 2.0,
-    },
-    "accel": {
-        # WACV'23 Super Progressive Learning (accel/progressive.py): resolution and colour
-        # magnitude follow per-step schedules. super: full resolution (data.crop_size) during the
-        # lr warm-up (optim.warmup_epochs), then r_min rising in multiples of `step` to
-        # data.crop_size as the inverse of the F1-CLR annealing; plain: the same rise from step 0
-        # in equal stages (Progressive Learning, Fig. 3 right); none: fixed.
-        "progressive": {
-            "mode": "none",
-            "r_min": 96,
-            "step": 32,
-            "m_min": 4.0,
-            "m_max": 6.0,
-        },
-        # WACV'23 Hard Augment (accel/hard_augment.py): `views` views per image; a no-grad pass at
-        # r_sel ranks the views(views-1)/2 pairs by the method's per-sample loss; the hardest pair
-        # per sample is trained on at the current resolution (Eq. 10).
-        "hard_augment": {
-            "enabled": False,
-            "views": 6,
-            "r_sel": 64,
-            "selection": "hard",      # hard | easy | random (random is the control)
-            "extra_targets": False,   # Table 9: the unselected low-resolution views as extra targets
-        },
-        # NeurIPS'24 ViT sequence compression (accel/token_dropout.py, accel/flexi_patch.py,
-        # accel/compression.py): token dropout d keeps round((1-d) N) patch tokens per sample;
-        # patch size q resizes the patch kernel (Eq. 3's pseudo-inverse). The query setting acts on
-        # the online encoder, the key setting on a momentum target (MoCo v3, DINO); methods without
-        # a target (SimCLR) compress every view with the query setting (symmetric). DINO's local
-        # crops are never compressed.
-        "compression": {
-            "drop_ratio": 0.0,        # query token dropout d
-            "patch_size": 0,          # query patch size q; 0 = model.patch_size
-            "key_drop_ratio": 0.0,    # key (momentum target) token dropout; 0 = full key (asymmetric, Table 2a)
-            "key_patch_size": 0,      # key patch size; 0 = the query's (symmetric patch scaling, Table 2c)
-            "schedule": None,         # YAML file: fraction of training -> stage (grad_error.py writes it)
-        },
-    },
-    "interloss": {
-        # Intermediate contrastive losses (selfsup/blockwise.py): a head and the method's loss
-        # after each ResNet block. Switched on by any of aux_losses / partial_backprop / hard_pairs.
-        "aux_losses": False,          # every block's loss, every step (mean), full back-propagation
-        "partial_backprop": False,    # Algorithm 1: one block loss per step, forward stops there
-        "loss_probs": [],             # probabilities of blocks 1..n (default uniform)
-        "bp_scheme": "to_input",      # to_input | nearby | skipping (Table 4; accel/partial_backprop.py)
-        "nearby_blocks": 2,           # nearby: blocks back-propagated, ending at the drawn one
-        "hard_pairs": False,          # Eq. 4: hardest of M x M feature-map crop pairs goes on
-        "pair_blocks": [1, 2],        # after these blocks (the paper: 1 and 2)
-        "candidates": 4,              # M (Table 7)
-        "crop": 0.75,                 # crop side / map side (the paper: 3/4)
-        "selection": "hard",          # hard | easy | random | hard_example (Table 5)
     },
     "train": {
         "epochs": 100,
@@ -168,64 +114,25 @@ DEFAULTS = {
         "ckpt_every_steps": 200,      # checkpoint.pt refresh inside an epoch (0: end of epoch only)
         "snapshot_every_epochs": 0,   # also keep ckpt_XXXX.pt every N epochs (0: never)
         "stop_at_step": 0,            # >0: save and exit after this global step, as a pre-emption would
-        # >0: train for this many sample-cost units (NeurIPS'24 Table 1, ViTs only) instead of
-        # train.epochs; the step count follows up front from the compression schedule's per-step
-        # cost, and the lr schedule (warm-up included) follows the fraction of budget spent
-        "budget": 0.0,
-    },
-    "knn": {
-        "k": 200,
-        "temperature": 0.07,
-        "every_epochs": 0,            # online kNN every N epochs (0: only at start and end)
-        "batch_size": 256,
-    },
-    "select": {
-        # train_supervised.py: Fast Online Minibatch Selection (thesis ch. 4, accel/selection.py).
-        # Each step loads b-bar = large_batch_factor x train.batch_size images, ranks their losses
-        # at `resolution` without gradient, and trains on train.batch_size of them at full resolution.
-        "method": "uniform",          # uniform | fast (Eq. 4.4) | greedy (top-b by loss) | selective_backprop
-        "beta": 1.0,                  # hardness of Eq. 4.4; 0 = uniform
-        "large_batch_factor": 2.0,    # b-bar / b; at least 1 + beta for `fast`
-        "resolution": 96,             # r-hat, the selection pass's resolution
-        "warmup_steps": 10000,        # uniform sampling before this step ...
-        "cooldown_fraction": 0.1,     # ... and in this last fraction of training
-        "sb_history": 1024,           # Selective-Backprop: number of recent losses for the percentile
-        "target_top1": 0.0,           # > 0: stop once validation top-1 reaches it and report the steps (xTS)
-        "eval_every_epochs": 1.0,     # validation top-1 every this many epochs
-    },
-    "ubn": {
-        # train_supervised.py: semi-supervised classification with Unsupervised Batch Normalization
-        # (thesis ch. 2, Fig. 2.1 / Eq. 2.4, accel/ubn.py; the thesis's future work, sec. 5.2.1).
-        "labels_per_class": 0,        # >0: only the first N training images of each class keep their label
-        "enabled": False,             # true: BN statistics of labeled + unlabeled batch (UBN); false: BN
-        "unlabeled_batch_size": 0,    # global unlabeled batch drawn from all training images; 0 = train.batch_size
-        "grad_through_stats": False,  # false: step 1's statistics are constants in step 2 (accel/ubn.py)
-    },
-    "lr_finder": {
-        # lr_finder.py: the LR range test (Smith; WACV'23 supplementary C): the learning rate rises
-        # exponentially from lr_start to lr_end over `steps` steps (absolute values, not per 256).
-        "lr_start": 1e-3,
-        "lr_end": 1.0,
-        "steps": 200,
-        "val_samples": 4096,          # fixed held-out batch (views fixed once) for the validation loss
-        "smoothing": 0.9,             # EMA factor of the smoothed curves
-        "diverge_factor": 4.0,        # stop once the smoothed training loss exceeds its best by (factor - 1) |best|,
-        "diverge_margin": 0.5,        # ... and by at least this much (SSL losses can be negative)
-    },
-    "eval": {
-        # linear_eval.py: a linear classifier on the frozen backbone. Defaults: the protocol of the
-        # WACV'23 paper / SimSiam (LARS, batch 2048, lr 0.1 x 2048/256 = 0.8, 90 epochs, cosine).
-        "epochs": 90,
-        "batch_size": 2048,
-        "optimizer": "lars",          # lars | sgd
-        "lr": 0.1,                    # x eval.batch_size / 256
-        "momentum": 0.9,
-        "weight_decay": 0.0,
-        "augment": True,              # RandomResizedCrop + flip each epoch; false: features computed once
-        "crop_scale": [0.08, 1.0],
-        "feature": "final",           # final | block1 | block2 | block3 | block4 (pooled stage output)
     },
 }
+
+
+def compose(base, **sections):
+    """A new defaults tree: `base` deep-copied, each keyword a section to add or, for a section
+    `base` already has, keys to add to it (a key already there is an error: one place per default)."""
+    out = copy.deepcopy(base)
+    for name, section in sections.items():
+        if isinstance(out.get(name), dict):
+            clash = set(section) & set(out[name])
+            if clash:
+                raise ValueError(f"compose: {name}.{sorted(clash)[0]} has a default already")
+            out[name].update(copy.deepcopy(section))
+        elif name in out:
+            raise ValueError(f"compose: {name} has a default already")
+        else:
+            out[name] = copy.deepcopy(section)
+    return out
 
 
 class Config(dict):
@@ -304,6 +211,9 @@ def _merge(base, update, defaults, root, prefix=""):
     for k, v in update.items():
         key = prefix + str(k)
         if k not in defaults:
+            while isinstance(v, dict) and len(v) == 1:   # name the whole key: interloss.partial_backprop
+                (sub_k, v), = v.items()
+                key += f".{sub_k}"
             raise _unknown(key, root)
         d = defaults[k]
         if isinstance(d, dict):

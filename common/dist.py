@@ -21,8 +21,14 @@ def init_distributed(device_pref="auto"):
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
-                                timeout=datetime.timedelta(minutes=30))
+        timeout = datetime.timedelta(minutes=30)
+        store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
+        # torchrun --max-restarts keeps its store across restarts: the ranks of a restarted group
+        # would read the connection addresses that the killed group left there and wait on dead
+        # ports; each restart gets its own key space
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=dist.PrefixStore(f"restart{restart}/", store),
+                                rank=rank_, world_size=world, timeout=timeout)
     if use_cuda:
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

@@ -1,6 +1,7 @@
 """Datasets and loaders. `build_images(cfg)` gives the train and val image sources; the loaders
 wrap them for multi-view training (data/multiview.py) or deterministic evaluation."""
 import os
+import signal
 
 from torch.utils.data import DataLoader, Subset
 
@@ -35,18 +36,31 @@ def build_images(data_cfg, seed=0):
     raise DataError(f"data.name '{name}' is not one of synthetic, imagefolder, cifar10")
 
 
+def ignore_stop_signals(worker_id=None):
+    """Loader workers leave SIGTERM / SIGINT / SIGUSR1 to the main process. Slurm, `timeout` and
+    Ctrl-C (and submitit, USR2) signal the whole process group; a worker killed by the signal would make the main
+    process die with "DataLoader worker ... is killed" before it could save. The main process
+    ends the workers itself when it exits (common/run.py's StopFlag)."""
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(s, signal.SIG_IGN)
+
+
 def loader_kwargs(data_cfg, device):
-    kw = dict(num_workers=data_cfg.workers, pin_memory=device.type == "cuda")
+    kw = dict(num_workers=data_cfg.workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     if data_cfg.workers > 0:
         kw.update(persistent_workers=True, prefetch_factor=data_cfg.prefetch_factor)
     return kw
 
 
 def build_train_loader(images, cfg, local_batch, device, num_views=None):
-    """Multi-view loader; returns (loader, sampler). Call sampler.set_epoch before each epoch."""
-    ds = MultiViewDataset(images, num_views or cfg.data.num_views, cfg.data.crop_size, cfg.data.crop_scale,
-                          cfg.augment.flip_prob, seed=cfg.train.seed, local_views=cfg.data.local_views,
-                          local_crop_size=cfg.data.local_crop_size, local_crop_scale=cfg.data.local_crop_scale)
+    """Multi-view loader; returns (loader, sampler). Call sampler.set_epoch before each epoch.
+    num_views None: data.num_views. Multi-crop views (data.local_views, ...) exist in the SSL
+    scripts' config tree only (selfsup/config.py); elsewhere the loader delivers global views."""
+    d = cfg.data
+    ds = MultiViewDataset(images, num_views or d.get("num_views", 1), d.crop_size, d.crop_scale,
+                          cfg.augment.flip_prob, seed=cfg.train.seed, local_views=d.get("local_views", 0),
+                          local_crop_size=d.get("local_crop_size", 96),
+                          local_crop_scale=d.get("local_crop_scale", (0.05, 0.14)))
     sampler = EpochSampler(len(ds), local_batch, dist.world_size(), dist.rank(), seed=cfg.train.seed)
     loader = DataLoader(ds, batch_size=local_batch, sampler=sampler, drop_last=True,
                         **loader_kwargs(cfg.data, device))
@@ -55,7 +69,7 @@ def build_train_loader(images, cfg, local_batch, device, num_views=None):
 
 def build_eval_loader(images, cfg, batch_size, device, shard=True):
     """Deterministic loader. With shard=True rank r reads images r, r+W, ... (no padding, no
-    duplicates); `evaluation.features.extract` puts the pieces back in order."""
+    duplicates); `evaluation.knn.extract_features` puts the pieces back in order."""
     ds = EvalDataset(images, cfg.data.eval_resize, cfg.data.eval_crop)
     if shard and dist.world_size() > 1:
         ds = Subset(ds, range(dist.rank(), len(ds), dist.world_size()))

@@ -10,10 +10,12 @@ import os
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from common.config import InputError
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class DataError(RuntimeError):
+class DataError(InputError):
     """A missing folder, empty class or unreadable image. The message names it."""
 
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from common import dist
+from common.precision import upcast
 
 
 @torch.no_grad()
@@ -13,12 +14,13 @@ def extract_features(backbone, loader, augment, device, channels_last=False, amp
     dataset order. The backbone runs in eval mode (running BN statistics); its mode is restored."""
     was_training = backbone.training
     backbone.eval()
+    dtype = next(backbone.parameters()).dtype   # float64 in train.float64 runs, else float32
     feats, labels, idx = [], [], []
     for batch in loader:
-        x = augment.eval_batch(batch["image"].to(device, non_blocking=True), channels_last)
+        x = augment.eval_batch(batch["image"].to(device, non_blocking=True), channels_last).to(dtype)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             f = backbone(x)
-        feats.append(f.float())
+        feats.append(upcast(f))
         labels.append(batch["label"].to(device))
         idx.append(batch["index"].to(device))
     backbone.train(was_training)
