@@ -20,14 +20,15 @@ import os
 import sys
 
 import selfsup
-from accel import compression, cost, grad_error, token_dropout
-from common import checkpoint, dist
+from accel import ca_mse, compression, cost
+from common import dist, run
 from common.config import ConfigError, load_config
 from common.plot import heatmap
-from data import DataError, build_images, build_train_loader
+from data import build_images, build_train_loader
 from data.augment import DeviceAugment
 from models import build_backbone
-from train_ssl import config_defaults
+from models.vit import ViT
+from selfsup.config import ssl_defaults
 
 
 def parse_args(argv):
@@ -64,16 +65,12 @@ def fraction_of(state, cfg, steps_per_epoch):
 
 
 def analyse(path, args, device):
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint not found: {path}")
-    state = checkpoint.load(path)   # weights_only: a checkpoint is data, never code
-    cfg = load_config(config_defaults(), args.config, args.overrides, base=state["config"])
+    state = run.load_checkpoint(path)   # weights_only: a checkpoint is data, never code
+    cfg = load_config(ssl_defaults(), args.config, args.overrides, base=state["config"])
     method = selfsup.build_method(cfg.method, build_backbone(cfg.model))
     method.load_state_dict(state["model"])
     method.to(device).train()   # gradients as in training: BN with batch statistics
-    online, targets = token_dropout.online_and_target_backbones(method)
-    from models.vit import ViT
-    if not isinstance(online, ViT):
+    if not isinstance(method.backbone, ViT):
         raise ConfigError(f"grad_error.py needs a ViT backbone, the checkpoint has model.arch={cfg.model.arch}")
     res, p0 = cfg.augment.resolution or cfg.data.crop_size, cfg.model.patch_size
     drops = [float(x) for x in args.drop_ratios.split(",")]
@@ -106,26 +103,26 @@ def analyse(path, args, device):
     n_views, L_small = 2 if ha.enabled else cfg.data.num_views, 1 + cost.sequence_length(cfg.data.local_crop_size, p0)
 
     def image_cost(st):
-        return compression.image_cost(res, st, bool(targets), n_views, cfg.data.local_views, L_small)
+        return compression.image_cost(res, st, method.has_target, n_views, cfg.data.local_views, L_small)
 
     def stage_of(d, p):
-        if not targets:   # one encoder (SimCLR): every view compressed alike
+        if not method.has_target:   # one encoder (SimCLR): every view compressed alike
             return (d, p, d, p)
         return (d, p, plan_cfg.key_drop_ratio, plan_cfg.key_patch_size or p)
 
     base_stage = (0.0, p0, 0.0, p0)
     budget = (args.batch or cfg.train.batch_size) * image_cost(base_stage)
     print(f"{path}: {n_sub} sub-batches of {k} at {res} px; Budget = {budget:.1f} units "
-          f"(one uncompressed batch of {args.batch or cfg.train.batch_size})", flush=True)
-    G_m = grad_error.strategy_moments(method, batches, base_stage, k, cfg.train.seed)
+          f"(one full-sequence batch of {args.batch or cfg.train.batch_size})", flush=True)
+    G_m = ca_mse.strategy_moments(method, batches, base_stage, k, cfg.train.seed)
     G = G_m.mean
     grid = []
     for p in patches:
         row = []
         for d in drops:
             st = stage_of(d, p)
-            m = G_m if st == base_stage else grad_error.strategy_moments(method, batches, st, k, cfg.train.seed)
-            row.append(grad_error.error_profile(G, m, image_cost(st), budget))
+            m = G_m if st == base_stage else ca_mse.strategy_moments(method, batches, st, k, cfg.train.seed)
+            row.append(ca_mse.error_profile(G, m, image_cost(st), budget))
         grid.append(row)
         print(f"  patch {p}: done", flush=True)
     # the training run's steps per epoch (global batch train.batch_size), not this loader's (sub-batches of k)
@@ -156,7 +153,7 @@ def main(argv):
         for key, title in (("ca_mse", "CA-MSE / ||G||^2"), ("bias2", "squared bias / ||G||^2"),
                            ("ca_var", "cost-adjusted variance / ||G||^2")):
             print(show(f"{name} at {100 * f:.0f}% of training: {title}", key, grid, drops, patches))
-        d, p = grad_error.best_strategy(grid, drops, patches)
+        d, p = ca_mse.best_strategy(grid, drops, patches)
         print(f"{name}: lowest CA-MSE at drop ratio {d:g}, patch size {p}", flush=True)
         fractions.append(f)
         best.append((d, p))
@@ -171,7 +168,7 @@ def main(argv):
                  ("cost-adjusted variance", [[c["ca_var"] for c in r] for r in grid])],
                 patches, [f"{x:g}" for x in drops], xlabel="token drop ratio", ylabel="patch")
     if args.schedule_out:
-        entries = grad_error.schedule_from_profiles(fractions, best)
+        entries = ca_mse.schedule_from_profiles(fractions, best)
         note = ("CA-MSE-optimal compression schedule (NeurIPS'24 sec. 6.3), written by grad_error.py from\n"
                 + "\n".join(f"  {c} at {100 * f:.0f}%: drop {b[0]:g}, patch {b[1]}"
                             for c, f, b in zip(args.checkpoint, fractions, best))
@@ -181,10 +178,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        dist.cleanup()
+    run.cli(lambda: main(sys.argv[1:]))

@@ -19,17 +19,16 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from accel import schedules
-from common import checkpoint, dist
+from common import checkpoint, dist, run, schedules
 from common.config import ConfigError, load_config
 from common.optim import build_optimizer
-from data import DataError, build_eval_loader, build_images, loader_kwargs
+from data import build_eval_loader, build_images, loader_kwargs
 from data.augment import DeviceAugment
 from data.multiview import MultiViewDataset
 from data.sampler import EpochSampler
 from evaluation.knn import extract_features, knn_scores, topk_accuracy
 from models import build_backbone
-from train_ssl import config_defaults
+from selfsup.config import linear_eval_defaults
 
 FEATURES = ("block1", "block2", "block3", "block4", "final")
 
@@ -58,10 +57,10 @@ def parse(argv):
     p.add_argument("--config", default=None, help="YAML file overriding the checkpoint's config")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = p.parse_intermixed_args(argv)
-    if not os.path.isfile(args.checkpoint):
-        raise ConfigError(f"checkpoint not found: {args.checkpoint}")
-    state = checkpoint.load(args.checkpoint)
-    cfg = load_config(config_defaults(), args.config, args.overrides, base=state["config"])
+    state = run.load_checkpoint(args.checkpoint)
+    if "backbone" not in state or "config" not in state:
+        raise run.CheckpointError(f"{args.checkpoint} is not a train_ssl.py checkpoint (no backbone or config entry)")
+    cfg = load_config(linear_eval_defaults(), args.config, args.overrides, base=state["config"])
     return args.checkpoint, state, cfg
 
 
@@ -153,10 +152,4 @@ def main(ckpt_path, state, cfg):
 
 
 if __name__ == "__main__":
-    try:
-        main(*parse(sys.argv[1:]))
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        dist.cleanup()
+    run.cli(lambda: main(*parse(sys.argv[1:])))

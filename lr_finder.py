@@ -19,16 +19,23 @@ import sys
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from accel.hard_augment import frozen_bn_statistics
-from common import dist
-from common.config import ConfigError
+from common import dist, run
+from common.config import parse_cli
 from common.optim import build_optimizer
 from common.plot import line_plot
-from data import DataError, build_images, build_train_loader
+from data import build_images, build_train_loader
 from data.augment import DeviceAugment
-from train_ssl import build_model, parse_config
+from models.batchnorm import frozen_bn_statistics
+from selfsup.build import build_model
+from selfsup.config import lr_finder_defaults
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(HERE, "yaml", "quickstart.yaml")   # train_ssl.py's default run
+
+
+def parse_config(argv):
+    return parse_cli(argv, lr_finder_defaults(), DEFAULT_CONFIG, __doc__)
 
 
 def exponential_lrs(lr_start, lr_end, steps):
@@ -79,13 +86,8 @@ def range_test(train_step, val_loss, lrs, beta=0.9, factor=4.0, margin=0.5):
 
 
 def main(cfg):
-    device = dist.init_distributed(cfg.train.device)
-    world, lf = dist.world_size(), cfg.lr_finder
-    if cfg.train.batch_size % world:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world} ranks")
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
+    rt = run.setup(cfg.train)
+    device, world, lf = rt.device, rt.world, cfg.lr_finder
     local_batch = cfg.train.batch_size // world
 
     train_images, val_images, _ = build_images(cfg.data, cfg.train.seed)
@@ -101,8 +103,7 @@ def main(cfg):
 
     model, blockwise = build_model(cfg)
     model.to(device)
-    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-              find_unused_parameters=blockwise) if world > 1 else model
+    ddp = run.wrap_ddp(model, rt, find_unused_parameters=blockwise)
     optimizer = build_optimizer(cfg.optim.name, model.param_groups(), lf.lr_start, cfg.optim.momentum,
                                 cfg.optim.weight_decay)
     model.prepare(lf.steps, sampler.steps_per_epoch)
@@ -164,10 +165,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_config(sys.argv[1:]))
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        dist.cleanup()
+    run.cli(lambda: main(parse_config(sys.argv[1:])))

@@ -9,31 +9,30 @@ A DispNet-style network (models/dispnet.py, Eq. 2.5) is trained with a loss at e
 output scales against the ground truth resized to that scale. data.labeled_fraction keeps ground
 truth on a regular subset of the training frames (data/depth.py, Fig. 2.6); every training image
 stays available as unlabeled data. ubn.enabled=false is the BN baseline: it trains on the labeled
-frames alone. ubn.enabled=true runs UBN's two steps (accel/ubn.py): BN statistics from the labeled
+frames alone. ubn.enabled=true runs UBN's two steps (models/ubn.py): BN statistics from the labeled
 batch plus an unlabeled batch, then forward-backward of the labeled batch with those statistics.
 An epoch is one pass over all training images (len(train) // batch steps) whatever the labeled
 fraction, so every fraction gets the same number of steps; the labeled stream cycles through the
 labeled frames. Re-running the same command resumes from output_dir/checkpoint.pt.
 """
 import os
-import signal
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Subset
 
-from accel import ubn
-from common import checkpoint, dist
+from common import dist, run
 from common.config import ConfigError, parse_cli
-from common.logger import RunLogger, write_run_files
-from data.depth import DataError, DepthDataset, build_depth_images, labeled_indices
+from common.logger import LossWindow, RunLogger, write_run_files
+from data import ignore_stop_signals
+from data.depth import DepthDataset, build_depth_images, labeled_indices
 from data.sampler import EpochSampler
 from evaluation.depth_metrics import NAMES, depth_metrics, summarize
+from models import ubn
 from models.batchnorm import convert_sync_bn
 from models.dispnet import build_dispnet
+from toys import spiral
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "yaml", "ubn", "quickstart.yaml")
@@ -70,7 +69,7 @@ DEPTH_DEFAULTS = {
     "ubn": {
         "enabled": False,                 # false: BN on labeled batches; true: UBN (Fig. 2.1, Eq. 2.4)
         "unlabeled_batch_size": 0,        # global size of the unlabeled batch y; 0 = train.batch_size
-        "grad_through_stats": False,      # false: step 1's statistics are constants in step 2 (accel/ubn.py)
+        "grad_through_stats": False,      # false: step 1's statistics are constants in step 2 (models/ubn.py)
     },
     "loss": {
         "kind": "l1",                     # l1: |D - D*|; log_l1: |log D - log D*| (valid pixels, mean)
@@ -128,20 +127,17 @@ def multiscale_loss(depths, gt, kind="l1", max_depth=80.0):
     return torch.stack(losses).mean()
 
 
-def stream(dataset, local_batch, cfg, device, start_step, seed_offset):
-    """Batches forever, each pass a fresh permutation; positioned at `start_step` (exact resume)."""
-    sampler = EpochSampler(len(dataset), local_batch, dist.world_size(), dist.rank(), seed=cfg.train.seed + seed_offset)
-    kw = dict(num_workers=cfg.data.workers, pin_memory=device.type == "cuda")
+def train_loader(dataset, local_batch, cfg, rt, seed_offset):
+    """(loader, sampler) of one training stream; run.stream turns it into batches forever, each
+    pass a fresh permutation, positioned at the resumed step."""
+    seed = cfg.train.seed + seed_offset
+    sampler = EpochSampler(len(dataset), local_batch, rt.world, rt.rank, seed=seed)
     # own generator: creating an iterator must not draw from torch's global RNG (the flips'), or a
     # resumed run, which creates its iterators at other steps, would flip differently
     loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, drop_last=True,
-                        generator=torch.Generator().manual_seed(cfg.train.seed + seed_offset), **kw)
-    n = sampler.steps_per_epoch
-    epoch, skip = divmod(start_step, n)
-    while True:
-        sampler.set_epoch(epoch, skip)
-        yield from loader
-        epoch, skip = epoch + 1, 0
+                        num_workers=cfg.data.workers, pin_memory=rt.device.type == "cuda",
+                        worker_init_fn=ignore_stop_signals, generator=torch.Generator().manual_seed(seed))
+    return loader, sampler
 
 
 def flip(batch, prob):
@@ -164,33 +160,51 @@ def evaluate(model, loader, device, cfg):
     return summarize(per_image)
 
 
-def main(cfg):
-    device = dist.init_distributed(cfg.train.device)
-    world, is_main = dist.world_size(), dist.is_main()
-    u_batch = cfg.ubn.unlabeled_batch_size or cfg.train.batch_size
-    for name, b in (("train.batch_size", cfg.train.batch_size), ("ubn.unlabeled_batch_size", u_batch)):
-        if b % world:
-            raise ConfigError(f"{name}={b} is not divisible by the {world} ranks")
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    local_b, local_u = cfg.train.batch_size // world, u_batch // world
+def train_step(ddp, optimizer, batch, unlabeled, cfg, device):
+    """One Adam step on the multi-scale loss of the labeled batch. With UBN (`unlabeled` given),
+    step 1 takes BN statistics of {x, y}, step 2 forwards x with them (models/ubn.py)."""
+    batch = flip(batch, cfg.data.flip_prob)
+    x, gt = (batch["image"].to(device) - MEAN) / STD, batch["depth"].to(device)
+    if unlabeled is not None:
+        y = (flip(unlabeled, cfg.data.flip_prob)["image"].to(device) - MEAN) / STD
+        depths = ubn.forward(ddp, x, y, cfg.ubn.grad_through_stats)
+    else:
+        depths = ddp(x)
+    loss = multiscale_loss(depths, gt, cfg.loss.kind, cfg.loss.max_depth)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
+
+def main(cfg):
+    rt = run.setup(cfg.train)
+    device = rt.device
+    u_batch = cfg.ubn.unlabeled_batch_size or cfg.train.batch_size
+    if cfg.ubn.enabled and u_batch % rt.world:
+        raise ConfigError(f"ubn.unlabeled_batch_size={u_batch} is not divisible by the {rt.world} ranks")
+    local_b, local_u = cfg.train.batch_size // rt.world, u_batch // rt.world
+
+    # ---- data: labeled frames for the loss; with UBN, unlabeled batches from every training frame
     train_images, test_images = build_depth_images(cfg.data, cfg.train.seed)
     labeled = labeled_indices(train_images, cfg.data.labeled_fraction)
     if len(labeled) < cfg.train.batch_size:
         raise ConfigError(f"{len(labeled)} labeled frames (data.labeled_fraction={cfg.data.labeled_fraction}) "
                           f"are fewer than one batch (train.batch_size={cfg.train.batch_size})")
+    loader, sampler = train_loader(DepthDataset(train_images, labeled), local_b, cfg, rt, 0)
+    if cfg.ubn.enabled:
+        u_loader, u_sampler = train_loader(DepthDataset(train_images, with_depth=False), local_u, cfg, rt, 1)
     test_ds = DepthDataset(test_images)
-    if world > 1:
-        test_ds = Subset(test_ds, range(dist.rank(), len(test_ds), world))
+    if rt.world > 1:
+        test_ds = Subset(test_ds, range(rt.rank, len(test_ds), rt.world))
     test_loader = DataLoader(test_ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=0)
 
+    # ---- model and optimizer
     model = build_dispnet(cfg.model)
-    if cfg.train.sync_bn and world > 1:
+    if cfg.train.sync_bn and rt.world > 1:
         model = convert_sync_bn(model, device)
     model.to(device)
-    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    ddp = run.wrap_ddp(model, rt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                  weight_decay=cfg.optim.weight_decay)
     steps_per_epoch = len(train_images) // cfg.train.batch_size
@@ -198,78 +212,50 @@ def main(cfg):
     if total_steps == 0:
         raise ConfigError(f"{len(train_images)} training images give no step of train.batch_size={cfg.train.batch_size}")
 
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    ckpt_path = os.path.join(cfg.output_dir, "checkpoint.pt")
-    step, best = 0, 0.0
-    if os.path.exists(ckpt_path):
-        state = checkpoint.load(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        checkpoint.set_rng_state(state["rng"])
-        step, best = state["step"], state["best_delta1"]
-        if is_main:
-            print(f"resuming from {ckpt_path} at step {step}/{total_steps}", flush=True)
-    commit = checkpoint.git_commit()
-    logger = RunLogger(cfg.output_dir, is_main)
-    if is_main:
-        write_run_files(cfg.output_dir, cfg, git_commit=commit, world_size=world)
-        logger.print(f"DispNet width {cfg.model.width}, {'UBN' if cfg.ubn.enabled else 'BN'} on {train_images.description}: "
-                     f"{len(labeled)} labeled frames (fraction {cfg.data.labeled_fraction:g}); {world} rank(s) x "
-                     f"{local_b} labeled{f' + {local_u} unlabeled' if cfg.ubn.enabled else ''}, {total_steps} steps; "
-                     f"output {cfg.output_dir}")
+    # ---- resume
+    ckpt = run.Checkpointer(cfg.output_dir, rt, cfg)
+    state = ckpt.restore(model=model, optimizer=optimizer)
+    step, best = state.get("step", 0), state.get("best_delta1", 0.0)
+    logger = RunLogger(cfg.output_dir, rt.is_main, resume_step=step)
+    if rt.is_main:
+        write_run_files(cfg.output_dir, cfg, git_commit=ckpt.commit, world_size=rt.world)
+    logger.print(f"DispNet width {cfg.model.width}, {'UBN' if cfg.ubn.enabled else 'BN'} on {train_images.description}: "
+                 f"{len(labeled)} labeled frames (fraction {cfg.data.labeled_fraction:g}); {rt.world} rank(s) x "
+                 f"{local_b} labeled{f' + {local_u} unlabeled' if cfg.ubn.enabled else ''}, {total_steps} steps; "
+                 f"output {cfg.output_dir}")
 
-    labeled_stream = stream(DepthDataset(train_images, labeled), local_b, cfg, device, step, 0)
-    unlabeled_stream = (stream(DepthDataset(train_images, with_depth=False), local_u, cfg, device, step, 1)
-                        if cfg.ubn.enabled else None)
-
-    def save():
-        if is_main:
-            checkpoint.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "rng": checkpoint.rng_state(), "step": step, "best_delta1": best,
-                                    "config": cfg.to_dict(), "git_commit": commit, "world_size": world}, ckpt_path)
-
-    stop = {"requested": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    # ---- loop: steps of the labeled stream, which cycles through the labeled frames
+    labeled_stream = run.stream(loader, sampler, step)
+    unlabeled_stream = run.stream(u_loader, u_sampler, step) if cfg.ubn.enabled else None
+    stop = run.StopFlag(device)
     eval_every = max(1, int(round(cfg.train.eval_every_epochs * steps_per_epoch)))
-    loss_sum, window = torch.zeros((), device=device), {"t": time.perf_counter(), "steps": 0}
-    metrics = None
+    window, metrics = LossWindow(device), None
     model.train()
     while step < total_steps:
-        batch = flip(next(labeled_stream), cfg.data.flip_prob)
-        x, gt = (batch["image"].to(device) - MEAN) / STD, batch["depth"].to(device)
-        if cfg.ubn.enabled:   # step 1: statistics of {x, y}; step 2: forward x with them (accel/ubn.py)
-            y = (flip(next(unlabeled_stream), cfg.data.flip_prob)["image"].to(device) - MEAN) / STD
-            depths = ubn.forward(ddp, x, y, cfg.ubn.grad_through_stats)
-        else:
-            depths = ddp(x)
-        loss = multiscale_loss(depths, gt, cfg.loss.kind, cfg.loss.max_depth)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        u = next(unlabeled_stream) if unlabeled_stream is not None else None
+        loss = train_step(ddp, optimizer, next(labeled_stream), u, cfg, device)
+        stop_requested, diverged = stop.check(loss)   # every rank, every step: all stop at the same step
+        if diverged:
+            raise run.Diverged(step + 1, ckpt.path)
         step += 1
-        loss_sum += loss.detach()
-        window["steps"] += 1
+        window.add(loss)
 
         if step % cfg.train.log_every == 0 or step == total_steps:
-            flag = torch.tensor([float(stop["requested"])], device=device)
-            stop["requested"] = dist.all_reduce_sum(flag).item() > 0
-            logger.log({"epoch": step / steps_per_epoch, "loss": dist.all_reduce_mean(loss_sum / window["steps"]).item(),
-                        "images_per_s": window["steps"] * cfg.train.batch_size / (time.perf_counter() - window["t"])}, step)
-            loss_sum.zero_()
-            window.update(t=time.perf_counter(), steps=0)
+            mean_loss, ips = window.flush(cfg.train.batch_size)
+            logger.log({"epoch": step / steps_per_epoch, "loss": mean_loss, "images_per_s": ips}, step)
         if step % eval_every == 0 or step == total_steps:
             metrics = evaluate(model, test_loader, device, cfg)
             best = max(best, metrics["delta1"])
             logger.log({"epoch": step / steps_per_epoch, **metrics}, step)
             logger.print(f"step {step}/{total_steps}: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in NAMES))
-        if cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0:
-            save()
-        if stop["requested"] or step == cfg.train.stop_at_step:
-            save()
-            logger.print(f"stopped at step {step}; re-run the same command to resume")
+        stopping = stop_requested or step == cfg.train.stop_at_step
+        if (stopping or step == total_steps
+                or (cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0)):
+            ckpt.save(model=model, optimizer=optimizer, step=step, best_delta1=best)
+        if stopping:
             logger.close()
-            return
-    save()
+            raise run.Stopped(step, stop.signum if stop_requested else None)
+
     if metrics is None:
         metrics = evaluate(model, test_loader, device, cfg)
     logger.log({"final": True, "steps": step, "best_delta1": best, **metrics}, step)
@@ -278,18 +264,13 @@ def main(cfg):
     logger.close()
 
 
+def cli(argv):
+    if argv[:1] == ["--toy"]:   # the spiral study has its own command line (toys/spiral.py)
+        if argv[1:2] != ["spiral"]:
+            raise ConfigError("--toy takes 'spiral'")
+        return spiral.main(argv[2:])
+    return main(parse_config(argv))
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--toy"]:
-        if sys.argv[2:3] != ["spiral"]:
-            print("error: --toy takes 'spiral'", file=sys.stderr)
-            sys.exit(2)
-        from toys import spiral
-        spiral.main(sys.argv[3:])
-        sys.exit(0)
-    try:
-        main(parse_config(sys.argv[1:]))
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        dist.cleanup()
+    run.cli(lambda: cli(sys.argv[1:]))

@@ -7,55 +7,42 @@
 
 Re-running the same command with the same output_dir resumes from output_dir/checkpoint.pt.
 """
+import dataclasses
 import os
-import signal
 import sys
-import time
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import selfsup
-from accel import compression, cost, hard_augment, progressive, schedules
-from common import checkpoint, dist
-from common.config import DEFAULTS, ConfigError, diff_configs, parse_cli
+from accel import compression, cost, hard_augment, progressive
+from common import dist, precision, rng, run, schedules
+from common.config import ConfigError, parse_cli
 from common.flops import FlopLedger
-from common.logger import RunLogger, write_run_files
+from common.logger import LossWindow, RunLogger, write_run_files
 from common.optim import build_optimizer, set_weight_decay
-from data import DataError, build_eval_loader, build_images, build_train_loader
+from data import build_eval_loader, build_images, build_train_loader
 from data.augment import DeviceAugment
-from data.multiview import sample_generator
 from evaluation.knn import knn_top1
 from models.batchnorm import convert_sync_bn
-from selfsup.blockwise import BlockwiseMethod
-from models import build_backbone
+from selfsup.build import build_model
+from selfsup.config import ssl_defaults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "yaml", "quickstart.yaml")
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def config_defaults():
-    return dict(DEFAULTS, method=selfsup.method_defaults())
 
 
 def parse_config(argv):
-    return parse_cli(argv, config_defaults(), DEFAULT_CONFIG, __doc__)
+    return parse_cli(argv, ssl_defaults(), DEFAULT_CONFIG, __doc__)
 
 
-def check_config(cfg, world):
-    if cfg.train.batch_size % world:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world} ranks")
-    if cfg.train.amp not in AMP_DTYPES:
-        raise ConfigError(f"train.amp '{cfg.train.amp}' is not one of {sorted(AMP_DTYPES)}")
+def check_config(cfg):
     if cfg.optim.lr_scaling not in ("linear", "none"):
         raise ConfigError(f"optim.lr_scaling '{cfg.optim.lr_scaling}' is not one of linear, none")
     ha = cfg.accel.hard_augment
-    if ha.enabled and (ha.views < 2 or ha.selection not in ("hard", "easy", "random")):
-        raise ConfigError(f"accel.hard_augment needs views >= 2 and selection hard|easy|random; "
-                          f"got views={ha.views}, selection={ha.selection!r}")
+    if ha.enabled and (ha.views < 2 or ha.pick not in ("hard", "easy", "random")):
+        raise ConfigError(f"accel.hard_augment needs views >= 2 and pick hard|easy|random; "
+                          f"got views={ha.views}, pick={ha.pick!r}")
     if cfg.data.crop_size <= 0:
         raise ConfigError(f"data.crop_size must be positive, got {cfg.data.crop_size}")
     wd_end = cfg.optim.weight_decay_end
@@ -63,14 +50,105 @@ def check_config(cfg, world):
         raise ConfigError(f"optim.weight_decay_end must be a number or null, got {wd_end!r}")
 
 
-def build_model(cfg):
-    """The configured method on its backbone; with intermediate losses (any of interloss.aux_losses,
-    partial_backprop, hard_pairs) a head per block around it (selfsup/blockwise.py).
-    Returns (model, blockwise)."""
-    il = cfg.interloss
-    if il.aux_losses or il.partial_backprop or il.hard_pairs:
-        return BlockwiseMethod(cfg.method, build_backbone(cfg.model), il, cfg.train.seed), True
-    return selfsup.build_method(cfg.method, build_backbone(cfg.model)), False
+@dataclasses.dataclass
+class Schedules:
+    """Everything indexed by the global step (DINO's habit: precomputed per-iteration arrays)."""
+    base_lr: float
+    lr: np.ndarray
+    momentum: np.ndarray            # F1-CLR / 1-cycle anti-phased momentum, or None
+    weight_decay: np.ndarray        # None: constant
+    resolution: np.ndarray          # Super Progressive Learning (WACV'23 sec. 3.2)
+    magnitude: np.ndarray
+    plan: compression.CompressionPlan   # NeurIPS'24 sequence compression and run length
+
+    def apply(self, optimizer, step):
+        for g in optimizer.param_groups:
+            g["lr"] = (self.base_lr if g.get("fix_lr") else float(self.lr[step])) * g.get("lr_mult", 1.0)
+            if self.momentum is not None:
+                g["momentum"] = float(self.momentum[step])
+        if self.weight_decay is not None:
+            set_weight_decay(optimizer, float(self.weight_decay[step]))
+
+
+def build_schedules(cfg, model, steps_per_epoch):
+    # train.epochs, or train.budget sample-cost units (accel/compression.py), fixes the step count
+    plan = compression.CompressionPlan(cfg, model, steps_per_epoch, cfg.train.batch_size)
+    total = plan.total_steps
+    base_lr = cfg.optim.lr * (cfg.train.batch_size / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
+    lr, momentum = schedules.build_lr_schedule(cfg.optim, total, steps_per_epoch, base_lr)
+    wd = None if cfg.optim.weight_decay_end is None else \
+        schedules.cosine(total, cfg.optim.weight_decay, float(cfg.optim.weight_decay_end))
+    # with a budget, warm-up and decay follow the fraction of budget spent (identity otherwise)
+    lr, momentum, wd = map(plan.follow, (lr, momentum, wd))
+    warmup = schedules.warmup_steps_of(cfg.optim, total, steps_per_epoch)
+    res, mag = progressive.build_progressive(cfg.accel.progressive, total, warmup,
+                                             cfg.augment.resolution or cfg.data.crop_size, cfg.augment.magnitude)
+    return Schedules(base_lr, lr, momentum, wd, res, mag, plan)
+
+
+def train_step(cfg, model, ddp, batch, optimizer, scaler, augment, sched, ledger, step, device):
+    """One optimizer step: schedules, device-side augmentation at this step's resolution and
+    magnitude, Hard Augment's pick, the (compressed) forward and backward, the update."""
+    sched.apply(optimizer, step)
+    model.begin_step(step)
+    cl, ha = cfg.train.channels_last, cfg.accel.hard_augment
+    autocast = precision.autocast(device, precision.AMP_DTYPES[cfg.train.amp])
+    dtype = torch.float64 if cfg.train.float64 else torch.float32
+    res, mag = int(sched.resolution[step]), float(sched.magnitude[step])
+    views = augment(batch["views"].to(device, non_blocking=True), batch["rand"].to(device, non_blocking=True),
+                    mag, res, cl, dtype)
+    local_views = None
+    if "local_views" in batch:  # multi-crop: small views at their own fixed size
+        local_views = augment(batch["local_views"].to(device, non_blocking=True),
+                              batch["local_rand"].to(device, non_blocking=True), mag, 0, cl, dtype, local=True)
+    b, targets = views[0].shape[0], None
+    if ha.enabled:  # Hard Augment: keep the hardest pair of views per sample (WACV'23 Eq. 10)
+        with ledger.count(("select", ha.r_sel, len(views), b), kind="selection"), autocast:
+            views, targets, _ = hard_augment.select(
+                model, views, ha.r_sel, ha.pick, ha.extra_targets,
+                rng.generator(cfg.train.seed, rng.Stream.HARD_AUGMENT, step, dist.rank()))
+    plan = sched.plan
+    seq = plan.compression(step, rng.generator(cfg.train.seed, rng.Stream.COMPRESSION, step, dist.rank()))
+    with ledger.count(("train", res, len(views), b, targets is not None) + model.ledger_key() + plan.key(step)):
+        with autocast:
+            loss = ddp(views, targets=targets, local_views=local_views, compression=seq)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+    model.after_backward(step)
+    if cfg.optim.clip_grad > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    model.on_step(step)
+    ledger.add("budget_units", plan.units(step, res, b, len(views), len(local_views or ())))
+    return loss.detach(), {"resolution": res, "magnitude": mag}
+
+
+def step_metrics(cfg, model, optimizer, sched, ledger, step):
+    """The scheduled values of the step just taken, for metrics.jsonl."""
+    out = {"lr": float(sched.lr[step - 1]), "train_pflops": ledger.global_total("train") / 1e15}
+    if sched.plan.vit:  # NeurIPS'24 sample-cost units (Table 1), cumulative over ranks
+        out["budget_units"] = ledger.global_total("budget_units")
+        if sched.plan.active:
+            out.update(zip(("drop_ratio", "patch_size", "key_drop_ratio", "key_patch_size"), sched.plan.stage(step - 1)))
+    if "momentum" in optimizer.param_groups[0]:  # SGD / LARS (AdamW has betas)
+        out["momentum"] = optimizer.param_groups[0]["momentum"]
+    if sched.weight_decay is not None:
+        out["weight_decay"] = float(sched.weight_decay[step - 1])
+    if cfg.accel.hard_augment.enabled:
+        out["selection_pflops"] = ledger.global_total("selection") / 1e15
+    return dict(out, **model.schedule_values())  # EMA momentum, teacher temperature, ...
+
+
+def run_summary(cfg, sched, ledger, local_batch):
+    """Training compute of the whole run, its speed-up over full resolution, budget units."""
+    out = {"train_pflops": ledger.global_total("train") / 1e15}
+    out.update(speedup_vs_full_resolution(ledger, sched.resolution, cfg.augment.resolution or cfg.data.crop_size,
+                                          local_batch, cfg.accel.hard_augment))
+    if sched.plan.vit:
+        out["budget_units"] = ledger.global_total("budget_units")
+    return out
 
 
 def speedup_vs_full_resolution(ledger, res_schedule, r_max, local_batch, ha):
@@ -88,223 +166,108 @@ def speedup_vs_full_resolution(ledger, res_schedule, r_max, local_batch, ha):
 
 
 def main(cfg):
-    device = dist.init_distributed(cfg.train.device)
-    world, is_main = dist.world_size(), dist.is_main()
-    check_config(cfg, world)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    amp_dtype = AMP_DTYPES[cfg.train.amp]
-    if amp_dtype is torch.float16 and device.type != "cuda":
-        raise ConfigError("train.amp=fp16 needs CUDA; use bf16 or none on the CPU")
-    local_batch = cfg.train.batch_size // world
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    rt = run.setup(cfg.train)
+    device, local_batch = rt.device, cfg.train.batch_size // rt.world
+    amp_dtype = precision.amp_dtype(cfg.train, device)
+    check_config(cfg)
 
     # ---- data: crops in loader workers, photometric operations on the device
     train_images, val_images, num_classes = build_images(cfg.data, cfg.train.seed)
     ha = cfg.accel.hard_augment
     loader, sampler = build_train_loader(train_images, cfg, local_batch, device,
                                          num_views=ha.views if ha.enabled else cfg.data.num_views)
-    knn_train_loader = build_eval_loader(train_images, cfg, cfg.knn.batch_size, device)
-    knn_val_loader = build_eval_loader(val_images, cfg, cfg.knn.batch_size, device)
+    knn_loaders = [build_eval_loader(images, cfg, cfg.knn.batch_size, device) for images in (train_images, val_images)]
     augment = DeviceAugment(cfg.augment)
-    resolution = cfg.augment.resolution or cfg.data.crop_size
 
     # ---- model
     model, blockwise = build_model(cfg)
-    if cfg.train.sync_bn and world > 1:
+    if cfg.train.sync_bn and rt.world > 1:
         model = convert_sync_bn(model, device)
-    model.to(device)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model.to(device, torch.float64 if cfg.train.float64 else None,
+             memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
     # partial back-propagation leaves blocks and heads out of some steps: DDP must not wait for them
-    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-              find_unused_parameters=blockwise) if world > 1 else model
+    ddp = run.wrap_ddp(model, rt, find_unused_parameters=blockwise)
 
     # ---- optimizer and per-iteration schedules
     steps_per_epoch = sampler.steps_per_epoch
-    # NeurIPS'24 sequence compression: per-step (drop ratio, patch size) of query and key, and the
-    # run length in steps -- train.epochs, or train.budget sample-cost units (accel/compression.py)
-    plan = compression.CompressionPlan(cfg, model, steps_per_epoch, cfg.train.batch_size)
-    total_steps, n_epochs = plan.total_steps, plan.epochs
-    lr = cfg.optim.lr * (cfg.train.batch_size / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
-    optimizer = build_optimizer(cfg.optim.name, model.param_groups(), lr, cfg.optim.momentum, cfg.optim.weight_decay)
-    lr_schedule, momentum_schedule = schedules.build_lr_schedule(cfg.optim, total_steps, steps_per_epoch, lr)
-    wd_schedule = None if cfg.optim.weight_decay_end is None else \
-        schedules.cosine(total_steps, cfg.optim.weight_decay, float(cfg.optim.weight_decay_end))
-    # with a budget, warm-up and decay follow the fraction of budget spent (identity otherwise)
-    lr_schedule, momentum_schedule, wd_schedule = map(plan.follow, (lr_schedule, momentum_schedule, wd_schedule))
+    sched = build_schedules(cfg, model, steps_per_epoch)
+    total_steps, n_epochs = sched.plan.total_steps, sched.plan.epochs
+    optimizer = build_optimizer(cfg.optim.name, model.param_groups(), sched.base_lr, cfg.optim.momentum,
+                                cfg.optim.weight_decay)
     model.prepare(total_steps, steps_per_epoch)  # the method's own per-step arrays (EMA momentum, temperatures)
-    warmup_steps = schedules.warmup_steps_of(cfg.optim, total_steps, steps_per_epoch)
-    res_schedule, mag_schedule = progressive.build_progressive(cfg.accel.progressive, total_steps, warmup_steps,
-                                                               resolution, cfg.augment.magnitude)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
-    ledger = FlopLedger()
+    scaler, ledger = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16), FlopLedger()
 
     # ---- resume
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    ckpt_path = os.path.join(cfg.output_dir, "checkpoint.pt")
-    step, knn_start = 0, None
-    if os.path.exists(ckpt_path):
-        state = checkpoint.load(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        ledger.load_state_dict(state["ledger"])
-        checkpoint.set_rng_state(state["rng"])
-        step, knn_start = state["step"], state.get("knn_start")
-        changed = diff_configs(state["config"], cfg.to_dict())
-        if is_main:
-            print(f"resuming from {ckpt_path} at step {step}/{total_steps}"
-                  + (f"; config changed: {', '.join(changed)}" if changed else ""), flush=True)
-    commit = checkpoint.git_commit()
-    logger = RunLogger(cfg.output_dir, is_main)
-    if is_main:
-        write_run_files(cfg.output_dir, cfg, git_commit=commit, world_size=world, device=str(device),
+    ckpt = run.Checkpointer(cfg.output_dir, rt, cfg)
+    state = ckpt.restore(model=model, optimizer=optimizer, scaler=scaler, ledger=ledger)
+    step, knn_start = state.get("step", 0), state.get("knn_start")
+    logger = RunLogger(cfg.output_dir, rt.is_main, resume_step=step)
+    if rt.is_main:
+        write_run_files(cfg.output_dir, cfg, git_commit=ckpt.commit, world_size=rt.world, device=str(device),
                         train_images=train_images.description, val_images=val_images.description)
-        logger.print(f"{cfg.method.name} on {train_images.description}; {world} rank(s) x {local_batch} images, "
-                     f"{steps_per_epoch} steps/epoch, {total_steps} steps, lr {lr:g}; output {cfg.output_dir}")
+        logger.print(f"{cfg.method.name} on {train_images.description}; {rt.world} rank(s) x {local_batch} images, "
+                     f"{steps_per_epoch} steps/epoch, {total_steps} steps, lr {sched.base_lr:g}; output {cfg.output_dir}")
 
     def knn():
-        return knn_top1(model.eval_backbone(), knn_train_loader, knn_val_loader, augment, device, num_classes,
+        return knn_top1(model.eval_backbone(), *knn_loaders, augment, device, num_classes,
                         cfg.knn.k, cfg.knn.temperature, cfg.train.channels_last, amp_dtype)
 
-    def save(epoch, snapshot=False):
-        if not is_main:
-            return
-        state = {"model": model.state_dict(), "backbone": model.eval_backbone().state_dict(),
-                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                 "ledger": ledger.state_dict(), "rng": checkpoint.rng_state(), "step": step, "epoch": epoch,
-                 "knn_start": knn_start, "config": cfg.to_dict(), "git_commit": commit, "world_size": world}
-        checkpoint.save_atomic(state, ckpt_path)
-        if snapshot:
-            checkpoint.save_atomic(state, os.path.join(cfg.output_dir, f"ckpt_{epoch:04d}.pt"))
+    def save(epoch, snapshot=None):
+        ckpt.save(snapshot, model=model, backbone=model.eval_backbone(), optimizer=optimizer, scaler=scaler,
+                  ledger=ledger, step=step, epoch=epoch, knn_start=knn_start)
 
     if step == 0:
         knn_start = knn()
         logger.log({"epoch": 0.0, "knn_top1": knn_start}, step=0)
         logger.print(f"kNN top-1 at start (random init): {knn_start:.2f}%")
     if step >= total_steps:
-        logger.print(f"{ckpt_path} is already at the last step ({total_steps}); nothing to train")
+        logger.print(f"{ckpt.path} is already at the last step ({total_steps}); nothing to train")
         return
 
-    # SIGTERM (pre-emption, scancel): at the next logging step, write the checkpoint and exit.
-    stop = {"requested": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-
-    bar = tqdm(total=total_steps, initial=step, disable=not is_main, dynamic_ncols=True, mininterval=2)
-    loss_sum = torch.zeros((), device=device)
-    window = {"t": time.perf_counter(), "steps": 0}
+    # ---- the loop: an explicit pass over each epoch's batches
+    stop = run.StopFlag(device)
+    bar = tqdm(total=total_steps, initial=step, disable=not rt.is_main, dynamic_ncols=True, mininterval=2)
+    window = LossWindow(device)
     for epoch in range(step // steps_per_epoch, n_epochs):
         sampler.set_epoch(epoch, skip_steps=step - epoch * steps_per_epoch)
         model.train()
         for batch in loader:
-            for g in optimizer.param_groups:
-                g["lr"] = (lr if g.get("fix_lr") else float(lr_schedule[step])) * g.get("lr_mult", 1.0)
-                if momentum_schedule is not None:  # F1-CLR / 1-cycle: anti-phased momentum
-                    g["momentum"] = float(momentum_schedule[step])
-            if wd_schedule is not None:
-                set_weight_decay(optimizer, float(wd_schedule[step]))
-            model.begin_step(step)
-            res, mag = int(res_schedule[step]), float(mag_schedule[step])
-            views = augment(batch["views"].to(device, non_blocking=True), batch["rand"].to(device, non_blocking=True),
-                            mag, res, cfg.train.channels_last)
-            local_views = None
-            if "local_views" in batch:  # multi-crop: small views at their own fixed size
-                local_views = augment(batch["local_views"].to(device, non_blocking=True),
-                                      batch["local_rand"].to(device, non_blocking=True), mag, 0,
-                                      cfg.train.channels_last, local=True)
-            targets = None
-            if ha.enabled:  # Hard Augment: keep the hardest pair of views per sample
-                with ledger.count(("select", ha.r_sel, len(views), local_batch), kind="selection"):
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        views, targets, _ = hard_augment.select(
-                            model, views, ha.r_sel, ha.selection, ha.extra_targets,
-                            sample_generator(cfg.train.seed, step, dist.rank()))
-            with ledger.count(("train", res, len(views), local_batch, targets is not None) + model.ledger_key()
-                              + plan.key(step)):
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), \
-                        plan.context(model, step, sample_generator(cfg.train.seed, step, dist.rank(), 9)):
-                    loss = ddp(views, targets=targets, local_views=local_views)["loss"]
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-            model.after_backward(step)
-            if cfg.optim.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            model.on_step(step)
-            ledger.add("budget_units", plan.units(step, res, local_batch, len(views), len(local_views or ())))
+            loss, shown = train_step(cfg, model, ddp, batch, optimizer, scaler, augment, sched, ledger, step, device)
+            stop_requested, diverged = stop.check(loss)  # every rank, every step: stop within one step
+            if diverged:
+                bar.close()
+                raise run.Diverged(step + 1, ckpt.path)
             step += 1
-            loss_sum += loss.detach().float()
-            window["steps"] += 1
+            window.add(loss)
             bar.update(1)
-
-            stop_requested = False
             if step % cfg.train.log_every == 0 or step == total_steps:
-                # ranks may see SIGTERM a step apart: agree on stopping here, where all ranks meet
-                flag = torch.tensor([float(stop["requested"])], device=device)
-                stop_requested = dist.all_reduce_sum(flag).item() > 0
-                mean_loss = dist.all_reduce_mean(loss_sum / window["steps"]).item()
-                elapsed = time.perf_counter() - window["t"]
-                metrics = {"epoch": step / steps_per_epoch, "loss": mean_loss, "lr": float(lr_schedule[step - 1]),
-                           "resolution": res,
-                           "magnitude": mag, "images_per_s": window["steps"] * cfg.train.batch_size / elapsed,
-                           "train_pflops": ledger.global_total("train") / 1e15}
-                if plan.vit:  # NeurIPS'24 sample-cost units (Table 1), cumulative over ranks
-                    metrics["budget_units"] = ledger.global_total("budget_units")
-                    if plan.active:
-                        metrics.update(zip(("drop_ratio", "patch_size", "key_drop_ratio", "key_patch_size"),
-                                           plan.stage(step - 1)))
-                g0 = optimizer.param_groups[0]
-                if "momentum" in g0:  # SGD / LARS (AdamW has betas)
-                    metrics["momentum"] = g0["momentum"]
-                if wd_schedule is not None:
-                    metrics["weight_decay"] = float(wd_schedule[step - 1])
-                metrics.update(model.schedule_values())  # EMA momentum, teacher temperature, ...
-                if ha.enabled:
-                    metrics["selection_pflops"] = ledger.global_total("selection") / 1e15
-                logger.log(metrics, step)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", ips=f"{metrics['images_per_s']:.0f}")
-                loss_sum.zero_()
-                window.update(t=time.perf_counter(), steps=0)
+                mean_loss, ips = window.flush(cfg.train.batch_size)
+                logger.log({"epoch": step / steps_per_epoch, "loss": mean_loss, **shown, "images_per_s": ips,
+                            **step_metrics(cfg, model, optimizer, sched, ledger, step)}, step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", ips=f"{ips:.0f}")
             if cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0:
                 save(epoch)
             if step == cfg.train.stop_at_step or stop_requested:
                 save(epoch)
                 bar.close()
-                logger.print(f"stopped at step {step}; re-run the same command to resume")
                 logger.close()
-                return
+                raise run.Stopped(step, stop.signum if stop_requested else None)
             if step >= total_steps:  # a train.budget run ends inside its last epoch
                 break
-
         done = epoch + 1
         if cfg.knn.every_epochs and done % cfg.knn.every_epochs == 0 and done < n_epochs:
             logger.log({"epoch": float(done), "knn_top1": knn()}, step)
-        save(done, snapshot=bool(cfg.train.snapshot_every_epochs) and done % cfg.train.snapshot_every_epochs == 0)
+        snap = cfg.train.snapshot_every_epochs and done % cfg.train.snapshot_every_epochs == 0
+        save(done, snapshot=f"ckpt_{done:04d}.pt" if snap else None)
     bar.close()
 
-    knn_end = knn()
-    summary = {"epoch": step / steps_per_epoch, "knn_top1": knn_end, "knn_start": knn_start,
-               "train_pflops": ledger.global_total("train") / 1e15}
-    summary.update(speedup_vs_full_resolution(ledger, res_schedule, resolution, local_batch, ha))
-    if plan.vit:
-        summary["budget_units"] = ledger.global_total("budget_units")
+    summary = {"epoch": step / steps_per_epoch, "knn_top1": knn(), "knn_start": knn_start,
+               **run_summary(cfg, sched, ledger, local_batch)}
     logger.log(summary, step)
-    logger.print(f"kNN top-1: {knn_start:.2f}% at start -> {knn_end:.2f}% after {step / steps_per_epoch:g} epochs "
-                 f"({ledger.global_total('train') / 1e15:.4g} training PFLOPs)")
+    logger.print(f"kNN top-1: {knn_start:.2f}% at start -> {summary['knn_top1']:.2f}% after {summary['epoch']:g} "
+                 f"epochs ({summary['train_pflops']:.4g} training PFLOPs)")
     logger.close()
 
 
 if __name__ == "__main__":
-    try:
-        cfg = parse_config(sys.argv[1:])
-        main(cfg)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        dist.cleanup()
+    run.cli(lambda: main(parse_config(sys.argv[1:])))

@@ -4,7 +4,7 @@ labeled and 200 unlabeled points per class, a 5-layer fully connected network wi
     python train_depth_ubn.py --toy spiral                 # seeds 0-4, runs/ubn_spiral/
     python train_depth_ubn.py --toy spiral --seeds 0 1 --steps 500
 
-Per seed and method (bn: BN on the labeled batch; ubn: accel/ubn.py with step 1's statistics as
+Per seed and method (bn: BN on the labeled batch; ubn: models/ubn.py with step 1's statistics as
 constants; ubn_grad: the same with gradient through the labeled share of the statistics) it
 reports the test accuracy on 2 x 2000 fresh spiral points (eval mode, running statistics) and
 draws the decision boundary (Fig. 2.2: labeled points filled, unlabeled hollow). For seed 0 it
@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from accel import ubn
+from models import ubn
 
 METHODS = ("bn", "ubn", "ubn_grad")
 EXTENT = 7.0   # the pictures and the uncertainty map cover [-EXTENT, EXTENT]^2
