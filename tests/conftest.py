@@ -16,15 +16,20 @@ TINY = ["data.synthetic_train_size=64", "data.synthetic_val_size=40", "model.wid
         "train.log_every=1", "train.ckpt_every_steps=0"]
 
 
-def run(args, nproc=1, check=True, timeout=300):
-    """Run a repo script (python or torchrun) and return the CompletedProcess."""
+STOPPED = 75   # common/run.py EXIT_STOPPED: a run stopped by a signal, after saving
+
+
+def run(args, nproc=1, check=True, timeout=300, code=None):
+    """Run a repo script (python or torchrun) and return the CompletedProcess. check: fail unless
+    it exits with `code` (default 0)."""
+    code = 0 if code is None else code
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] + args
     else:
         cmd = [sys.executable] + args
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
-    if check and p.returncode != 0:
+    if check and p.returncode != code:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
 

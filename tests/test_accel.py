@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from accel import cost, hard_augment, progressive, schedules
+from accel import cost, hard_augment, progressive
+from common import schedules
 from common.flops import FlopLedger
 from models.resnet import ResNet
 

@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from common.config import DEFAULTS, ConfigError, load_config, parse_override
-from train_ssl import config_defaults
+from common.config import SHARED, ConfigError, load_config, parse_override
+from selfsup.config import ssl_defaults as config_defaults
 
 
 def test_defaults_then_yaml_then_cli(tmp_path):
@@ -15,7 +15,7 @@ def test_defaults_then_yaml_then_cli(tmp_path):
     assert cfg.optim.momentum == 0.8       # inherited from base
     assert cfg.train.epochs == 3           # command line overrides both
     assert cfg.model.cifar_stem is False
-    assert cfg.optim.weight_decay == DEFAULTS["optim"]["weight_decay"]  # untouched default
+    assert cfg.optim.weight_decay == SHARED["optim"]["weight_decay"]  # untouched default
 
 
 def test_types_are_checked_and_coerced():
@@ -69,6 +69,12 @@ def test_every_shipped_yaml_file_resolves():
         elif name.startswith(("ubn/kitti", "ubn/quickstart")):   # train_depth_ubn.py's own defaults tree
             from train_depth_ubn import DEPTH_DEFAULTS
             load_config(DEPTH_DEFAULTS, f)
+        elif name.startswith(("selection" + os.sep, "ubn" + os.sep)):   # train_supervised.py's tree
+            from train_supervised import SUPERVISED_DEFAULTS
+            load_config(SUPERVISED_DEFAULTS, f)
+        elif name.startswith("linear" + os.sep):                        # linear_eval.py's
+            from selfsup.config import linear_eval_defaults
+            load_config(linear_eval_defaults(), f)
         else:
             load_config(config_defaults(), f)
 

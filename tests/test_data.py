@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common.config import DEFAULTS, load_config
+from common.config import load_config
 from conftest import CIFAR10, TINY, read_metrics, run
 from data import DataError, build_images
 from data.augment import DeviceAugment
@@ -13,6 +13,7 @@ from data.folder import ImageFolderImages
 from data.multiview import N_RAND, MultiViewDataset
 from data.sampler import EpochSampler
 from data.synthetic import SyntheticImages, make_image
+from selfsup.config import ssl_defaults
 
 
 def test_synthetic_data_is_deterministic():
@@ -51,7 +52,7 @@ def test_sampler_two_ranks_cover_the_one_rank_global_batch():
 
 
 def _augment(magnitude):
-    cfg = load_config(DEFAULTS)
+    cfg = load_config(ssl_defaults())
     aug = DeviceAugment(cfg.augment)
     views = torch.randint(0, 256, (16, 2, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     rand = torch.rand(16, 2, N_RAND, generator=torch.Generator().manual_seed(0))
@@ -68,7 +69,7 @@ def test_magnitude_zero_is_identity_and_strength_grows_with_m():
 
 
 def test_resolution_is_applied_on_the_device():
-    cfg = load_config(DEFAULTS)
+    cfg = load_config(ssl_defaults())
     aug = DeviceAugment(cfg.augment)
     views = torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8)
     out = aug(views, torch.rand(2, 3, N_RAND), 5.0, resolution=16)
@@ -108,7 +109,7 @@ def test_train_ssl_reports_bad_input_in_one_line(tmp_path):
 @pytest.mark.skipif(not os.path.isdir(os.path.join(CIFAR10, "train")),
                     reason=f"CIFAR-10 image folder not found at {CIFAR10} (shared/datasets is not mounted)")
 def test_cifar10_through_the_imagefolder_path(tmp_path):
-    cfg = load_config(DEFAULTS, None, ["data.name=imagefolder", f"data.root={CIFAR10}",
+    cfg = load_config(ssl_defaults(), None, ["data.name=imagefolder", f"data.root={CIFAR10}",
                                        "data.subset_per_class=3", "data.val_subset_per_class=2"])
     train, val, n = build_images(cfg.data)
     assert n == 10 and len(train) == 30 and len(val) == 20 and train.classes[0] == "airplane"

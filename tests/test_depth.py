@@ -139,7 +139,8 @@ def test_train_depth_ubn_runs_and_resumes_exactly(tmp_path):
     assert [r["step"] for r in evals] == [6, 12]                    # 48 images / 8 = 6 steps per epoch
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
     assert 0 <= rows[-1]["delta1"] <= 1 and rows[-1]["abs_rel"] > 0
-    run(args + [f"output_dir={cut}", "train.stop_at_step=5"])
+    p = run(args + [f"output_dir={cut}", "train.stop_at_step=5"])
+    assert "stopped at step 5" in p.stderr
     run(args + [f"output_dir={cut}"])
     a = checkpoint.load(os.path.join(full, "checkpoint.pt"))
     b = checkpoint.load(os.path.join(cut, "checkpoint.pt"))
@@ -153,11 +154,11 @@ def test_ubn_yaml_files_resolve():
     from common.config import load_config
     from conftest import REPO
     from train_depth_ubn import DEPTH_DEFAULTS
-    from train_ssl import config_defaults
+    from train_supervised import SUPERVISED_DEFAULTS
     files = sorted(glob.glob(os.path.join(REPO, "yaml", "ubn", "*.yaml")))
     depth = [f for f in files if os.path.basename(f).startswith(("kitti", "quickstart"))]
     assert len(depth) == 12 and len(files) == 21
-    for f in files:
-        cfg = load_config(DEPTH_DEFAULTS if f in depth else config_defaults(), f)
+    for f in files:   # the others are few-label CIFAR-10 runs of train_supervised.py
+        cfg = load_config(DEPTH_DEFAULTS if f in depth else SUPERVISED_DEFAULTS, f)
         if "_f0.0625" in f:
             assert cfg.data.labeled_fraction == 0.0625 and cfg.train.batch_size == 128 and cfg.optim.lr == 2e-4

@@ -14,8 +14,8 @@ from test_methods import SMALL
 
 
 def build(name="simclr", seed=0, **il):
-    from train_ssl import config_defaults
-    cfg = _to_config(config_defaults())
+    from selfsup.config import ssl_defaults
+    cfg = _to_config(ssl_defaults())
     cfg.method.name = name
     cfg.method[name].update(SMALL[name])
     cfg.interloss.update(il)
@@ -119,7 +119,7 @@ def test_crops_sizes_positions_and_hard_easy_choice_on_a_crafted_map():
 
 
 def test_hard_example_keeps_the_matching_fraction_of_the_hardest_samples():
-    m = build(hard_pairs=True, selection="hard_example", crop=0.5)
+    m = build(hard_pairs=True, pair_pick="hard_example", crop=0.5)
     v = [torch.randn(8, 8, 4, 4) for _ in range(2)]
     maps, _, keep = hard_pairs.select_hard_examples(m.heads[0], BlockMaps, v, None, 0.5)
     assert len(keep) == 2 and maps[0].shape == (2, 8, 4, 4)             # ceil(0.5^2 x 8) = 2
@@ -179,7 +179,7 @@ def test_train_ssl_with_partial_backprop_and_hard_pairs_on_two_ranks(tmp_path):
     run(["train_ssl.py"] + TINY + small_overrides("simclr") + [
         f"output_dir={out}", "interloss.partial_backprop=true", "interloss.hard_pairs=true",
         "interloss.pair_blocks=[1,2]", "interloss.candidates=2", "interloss.crop=0.75",
-        "interloss.selection=hard", "train.sync_bn=true"], nproc=2)
+        "interloss.pair_pick=hard", "train.sync_bn=true"], nproc=2)
     rows = [r for r in read_metrics(out) if "loss" in r]
     assert len(rows) == 8 and all(np.isfinite(r["loss"]) for r in rows)
     assert {r["block"] for r in rows} <= {1, 2, 3, 4} and len({r["block"] for r in rows}) > 1

@@ -1,5 +1,7 @@
 """The SSL methods of selfsup/: losses against hand computations, EMA, DINO's centre and
-temperature, Sinkhorn's marginals, the MoCo queue, and every method's loss falling."""
+temperature, Sinkhorn's marginals, the MoCo queue, every method's loss falling, and where ViT
+sequence compression (NeurIPS'24) reaches: query setting to the online backbone, key setting
+to the momentum target, local crops plain."""
 import math
 
 import numpy as np
@@ -7,8 +9,10 @@ import pytest
 import torch
 
 import selfsup
+from accel.token_dropout import QueryKey, SeqCompression
 from common.config import _to_config
 from models.resnet import ResNet
+from models.vit import ViT
 from selfsup.byol import byol_loss
 from selfsup.dino import distillation_loss, teacher_temperature_schedule
 from selfsup.moco import info_nce
@@ -36,11 +40,11 @@ def small_overrides(name):
     return [f"method.name={name}"] + [f"method.{name}.{k}={v}" for k, v in SMALL[name].items()]
 
 
-def build(name, **extra):
+def build(name, backbone=None, **extra):
     cfg = _to_config(selfsup.method_defaults())
     cfg.name = name
     cfg[name].update(SMALL[name], **extra)
-    return selfsup.build_method(cfg, ResNet("resnet18", width=8, cifar_stem=True))
+    return selfsup.build_method(cfg, backbone or ResNet("resnet18", width=8, cifar_stem=True))
 
 
 def ce(logits, target):
@@ -202,14 +206,14 @@ def test_every_method_loss_falls_on_synthetic_data(name):
     from data.augment import DeviceAugment
     from data.multiview import MultiViewDataset
     from data.synthetic import SyntheticImages
-    from train_ssl import config_defaults
+    from selfsup.config import ssl_defaults
     torch.manual_seed(0)
     m = build(name, **({"ema": 1.0, "ema_schedule": "constant", "center_momentum": 1.0} if name == "dino" else {}))
     steps, bsz = 40, 32
     m.prepare(steps, 4)
     ds = MultiViewDataset(SyntheticImages(4 * bsz, image_size=32), 2, 32, local_crop_size=16,
                           local_views=2 if name in ("dino", "swav") else 0)
-    aug = DeviceAugment(_to_config(config_defaults()).augment)
+    aug = DeviceAugment(_to_config(ssl_defaults()).augment)
 
     def batch(step):
         items = [ds[(i, step // 4)] for i in range(step % 4 * bsz, (step % 4 + 1) * bsz)]
@@ -278,3 +282,103 @@ def test_hard_augment_ranks_pairs_for_every_method(name):
     assert picked.item() == pytest.approx(losses.max(1).values.mean().item(), rel=1e-5)
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items() if "num_batches" not in k)
     m(chosen)["loss"].backward()
+
+
+# ---- ViT sequence compression (NeurIPS'24 sec. 4): which encoder gets which setting
+
+def record_calls(module, name, log):
+    """Wrap module.forward so that every call logs (name, input width, keyword arguments)."""
+    plain = module.forward
+
+    def forward(x, **kwargs):
+        log.append((name, x.shape[-1], kwargs))
+        return plain(x, **kwargs)
+    module.forward = forward
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_compression_query_to_the_online_backbone_key_to_the_momentum_target(name):
+    """The online backbone runs the global views with the query setting, the momentum target
+    (MoCo's key encoder, BYOL's target, DINO's teacher) with the key setting; a method without
+    a target runs every global view with the query setting (SimCLR: both views alike, sec. 6.4);
+    local crops are plain forwards of both (sec. 6.4). has_target says which case applies."""
+    from selfsup.momentum import MomentumTarget
+    torch.manual_seed(0)
+    m = build(name, backbone=ViT("vit_t16", patch_size=8))
+    assert m.has_target == any(isinstance(x, MomentumTarget) for x in m.modules())
+    log = []
+    record_calls(m.backbone, "online", log)
+    if m.has_target:
+        target = m.teacher if name == "dino" else m.target
+        record_calls(target.nets[0], "target", log)
+    gen = torch.Generator().manual_seed(0)
+    query, key = SeqCompression(0.5, 16, gen), SeqCompression(0.25, 8, gen)
+    views = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+    local = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    m.prepare(10, 5)
+    m.begin_step(0)
+    m(views, local_views=local, compression=QueryKey(query, key))["loss"].backward()
+    calls = {(who, width): [kw for w, wd, kw in log if (w, wd) == (who, width)] for who, width in
+             {(w, wd) for w, wd, _ in log}}
+    assert len(calls[("online", 32)]) == 2 and all(kw == query.vit_kwargs() for kw in calls[("online", 32)])
+    assert calls[("online", 16)] == [{}, {}]                                  # local crops: plain
+    if m.has_target:
+        assert len(calls[("target", 32)]) == 2 and all(kw == key.vit_kwargs() for kw in calls[("target", 32)])
+        assert all(kw == {} for kw in calls.get(("target", 16), []))
+    else:
+        assert set(calls) == {("online", 32), ("online", 16)}
+    log.clear()
+    m.embed(views)                                                            # Hard Augment's selection: plain
+    assert log and all(kw == {} for _, _, kw in log)
+
+
+def test_mocov3_and_dino_outputs_follow_the_query_and_key_settings():
+    """MoCo v3's (q, k) and DINO's (student, teacher) under a QueryKey equal the heads applied to
+    the backbones' forwards with the query / key arguments by hand."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    for name in ("mocov3", "dino"):
+        m = build(name, backbone=ViT("vit_t16", patch_size=8))
+        target = m.teacher if name == "dino" else m.target
+        q_kw = dict(patch_size=16, drop_ratio=0.5)
+        k_kw = dict(patch_size=8, drop_ratio=0.25)
+        setting = QueryKey(SeqCompression(generator=torch.Generator().manual_seed(1), **q_kw),
+                           SeqCompression(generator=torch.Generator().manual_seed(2), **k_kw))
+        with torch.no_grad():
+            (a, b), = m.embed([x], setting)
+            online = m.backbone(x, generator=torch.Generator().manual_seed(1), **q_kw)
+            keyed = target.nets[0](x, generator=torch.Generator().manual_seed(2), **k_kw)
+            if name == "dino":
+                want_a, want_b = m.head(online), target.nets[1](keyed)
+            else:
+                want_a, want_b = m.predictor(m.projector(online)), target.nets[1](keyed)
+        assert torch.allclose(a, want_a, atol=1e-6) and torch.allclose(b, want_b, atol=1e-6), name
+        assert not torch.allclose(b, target(x), atol=1e-4)                    # the key setting acted
+
+
+def test_a_resnet_backbone_never_receives_compression_arguments():
+    m = build("byol")
+    log = []
+    record_calls(m.backbone, "online", log)
+    record_calls(m.target.nets[0], "target", log)
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    m(views, compression=QueryKey(SeqCompression(), SeqCompression(0.0, 0)))   # settings that change nothing
+    m(views, compression=None)
+    assert len(log) == 8 and all(kw == {} for _, _, kw in log)
+    with pytest.raises(ValueError, match="ViT"):
+        m(views, compression=QueryKey(SeqCompression(0.5), None))
+
+
+def test_blockwise_method_refuses_compression():
+    from selfsup.blockwise import BlockwiseMethod
+    from selfsup.config import ssl_defaults
+    cfg = _to_config(ssl_defaults())
+    cfg.method.name = "byol"
+    cfg.method.byol.update(SMALL["byol"])
+    m = BlockwiseMethod(cfg.method, ResNet("resnet18", width=8, cifar_stem=True), cfg.interloss)
+    assert m.has_target and m.target is not None
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    with pytest.raises(ValueError, match="compression"):
+        m(views, compression=QueryKey(SeqCompression(0.5), None))
+    with pytest.raises(ValueError, match="compression"):
+        m.embed(views, QueryKey())

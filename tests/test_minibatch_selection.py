@@ -1,7 +1,7 @@
 """Fast Online Minibatch Selection (thesis ch. 4) against Eq. 4.4."""
 import torch
 
-from accel.selection import SelectiveBackprop, select, select_greedy, selection_weights, uniform_phase
+from accel.minibatch_selection import SelectiveBackprop, select, select_greedy, selection_weights, uniform_phase
 
 
 def test_weights_are_the_percentile_rank_to_the_beta():

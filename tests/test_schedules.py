@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from accel import schedules
+from common import schedules
 
 
 def test_cosine_eq5():

@@ -4,7 +4,7 @@ import os
 import torch
 
 from common import checkpoint
-from conftest import read_metrics, run
+from conftest import STOPPED, read_metrics, run
 from models.resnet import ResNet
 from models.classifier import Classifier, build_classifier
 from models.vit import ViT
@@ -44,9 +44,9 @@ def test_two_rank_selection_run_trains(tmp_path):
     out = str(tmp_path / "ddp")
     for method in ("fast", "selective_backprop", "greedy"):
         run(["train_supervised.py"] + SUP + [f"output_dir={out}_{method}", f"select.method={method}",
-                                             "train.sync_bn=true"], nproc=2)
+                                             "train.sync_bn=true", "train.epochs=1"], nproc=2)
         state = checkpoint.load(os.path.join(f"{out}_{method}", "checkpoint.pt"))
-        assert state["step"] == 16 and state["world_size"] == 2
+        assert state["step"] == 8 and state["world_size"] == 2   # 3 warm-up, 3 ranked, 2 cool-down steps
         rows = [r for r in read_metrics(f"{out}_{method}") if "loss" in r]
         assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
 
@@ -69,7 +69,7 @@ def test_interrupted_selection_run_resumes_to_the_same_weights(tmp_path):
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
     run(["train_supervised.py"] + args + [f"output_dir={full}"])
     first = run(["train_supervised.py"] + args + [f"output_dir={cut}", "train.stop_at_step=11"])
-    assert "stopped at step 11" in first.stdout          # inside loader epoch 2, after selection started
+    assert "stopped at step 11" in first.stderr          # inside loader epoch 2, after selection started
     run(["train_supervised.py"] + args + [f"output_dir={cut}", "train.stop_at_step=11"])
     a = checkpoint.load(os.path.join(full, "checkpoint.pt"))
     b = checkpoint.load(os.path.join(cut, "checkpoint.pt"))
@@ -85,9 +85,9 @@ def test_fine_tuning_starts_from_the_pretrained_backbone(tiny_run, tmp_path):
     import pytest
     from common.config import ConfigError, _to_config
     from models.classifier import load_pretrained_backbone
-    from train_ssl import config_defaults
+    from selfsup.config import ssl_defaults
     ckpt = os.path.join(tiny_run, "checkpoint.pt")
-    cfg = _to_config(config_defaults())
+    cfg = _to_config(ssl_defaults())
     cfg.model.update(width=8, arch="resnet18")
     model = load_pretrained_backbone(build_classifier(cfg.model, 10), ckpt)
     pretrained = checkpoint.load(ckpt)["backbone"]
@@ -98,3 +98,62 @@ def test_fine_tuning_starts_from_the_pretrained_backbone(tiny_run, tmp_path):
     out = str(tmp_path / "ft")
     run(["train_supervised.py"] + SUP + [f"output_dir={out}", f"model.pretrained={ckpt}", "train.epochs=1"])
     assert [r for r in read_metrics(out) if "top1" in r]
+
+
+def test_keys_of_other_scripts_are_unknown_here():
+    """train_supervised.py's tree is the shared sections plus model.pretrained, select.*, ubn.*:
+    the SSL script's keys are one-line errors naming the key."""
+    import pytest
+    from common.config import ConfigError
+    from train_supervised import parse_config
+    for key in ("accel.progressive.mode=super", "method.name=dino", "interloss.partial_backprop=true"):
+        with pytest.raises(ConfigError, match=f"unknown config key '{key.split('=')[0]}'"):
+            parse_config([key])   # (exit code 2 and the one line: tests/test_structure.py)
+    assert parse_config(["select.method=greedy", "ubn.enabled=true", "model.pretrained=x.pt"]).select.method == "greedy"
+
+
+def test_snapshots_amp_and_channels_last(tmp_path):
+    """train.snapshot_every_epochs keeps ckpt_XXXX.pt at epoch ends; train.amp=bf16 (autocast on
+    the CPU) and train.channels_last train; fp16 needs CUDA."""
+    out = str(tmp_path / "bf16")
+    run(["train_supervised.py"] + SUP + [f"output_dir={out}", "select.method=fast", "train.snapshot_every_epochs=1",
+                                         "train.amp=bf16", "train.channels_last=true"])
+    for epoch, step in ((1, 8), (2, 16)):
+        assert checkpoint.load(os.path.join(out, f"ckpt_{epoch:04d}.pt"))["step"] == step
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_metrics(out) if "loss" in r)
+    if not torch.cuda.is_available():
+        p = run(["train_supervised.py"] + SUP + ["train.amp=fp16", "train.device=cpu"], check=False)
+        assert p.returncode == 2 and "train.amp=fp16 needs CUDA" in p.stderr
+
+
+def test_sigterm_saves_and_exits_for_a_resume(tmp_path):
+    """SIGTERM (pre-emption): the run finishes its step, saves, exits with EXIT_STOPPED (75), and
+    the same command resumes from that step."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import REPO
+    out = str(tmp_path / "term")
+    cmd = [sys.executable, "train_supervised.py"] + SUP + [f"output_dir={out}", "train.epochs=20"]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    metrics = os.path.join(out, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not (
+            os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 2):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == STOPPED, err
+    step = checkpoint.load(os.path.join(out, "checkpoint.pt"))["step"]
+    assert 2 <= step < 160 and f"SIGTERM received: stopped at step {step}" in err
+    again = run(cmd[1:] + [f"train.stop_at_step={step + 1}"])   # a planned stop: exit code 0
+    assert f"resuming from {out}" in again.stdout and f"stopped at step {step + 1}" in again.stderr
+    assert checkpoint.load(os.path.join(out, "checkpoint.pt"))["step"] == step + 1
+
+
+def test_divergence_stops_the_run_without_saving(tmp_path):
+    out = str(tmp_path / "div")
+    p = run(["train_supervised.py"] + SUP + [f"output_dir={out}", "optim.lr=1e30"], code=3)   # EXIT_DIVERGED
+    assert "non-finite loss at step" in p.stderr and not os.path.exists(os.path.join(out, "checkpoint.pt"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import selfsup
-from accel import compression, cost, grad_error, token_dropout
+from accel import ca_mse, compression, cost, token_dropout
 from accel.flexi_patch import resize_patch, resize_patch_embed
 from common.config import ConfigError, _to_config
 from conftest import TINY, read_metrics, run
@@ -85,13 +85,31 @@ def test_vit_forward_sequence_length_with_dropout_and_patch_size():
     vit.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
     x = torch.randn(3, 3, 48, 48)
     vit(x)
-    with token_dropout.compressed(vit, drop_ratio=0.5, patch_size=12, generator=torch.Generator().manual_seed(0)):
-        feat = vit(x)
-    with token_dropout.compressed(vit, 0.5, 12), token_dropout.uncompressed(vit):
-        vit(x)                                                            # DINO's local crops: plain
+    feat = vit(x, patch_size=12, drop_ratio=0.5, generator=torch.Generator().manual_seed(0))
+    vit(x)                                                                # DINO's local crops: plain
     assert seen == [1 + 36, 1 + 8, 1 + 36]                                # 16 patches of 12 px, half kept, + class
-    assert feat.shape == (3, 192) and vit.compression is None
+    assert feat.shape == (3, 192) and "compression" not in vars(vit)      # no state left on the model
     assert cost.sequence_length(48, 12, 0.5) == 8.0
+
+
+def test_vit_forward_arguments_equal_tokens_drop_encode_by_hand():
+    """forward(x, patch_size, drop_ratio, generator) is tokens() + drop_tokens() + encode(): the
+    drop acts after the position embeddings and before the class token (NeurIPS'24 sec. 4.1)."""
+    torch.manual_seed(0)
+    vit = ViT("vit_t16", patch_size=8).double()
+    x = torch.randn(4, 3, 48, 48, dtype=torch.float64)
+    seen = []
+    vit.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    got = vit(x, patch_size=12, drop_ratio=0.75, generator=torch.Generator().manual_seed(5))
+    t = token_dropout.drop_tokens(vit.tokens(x, 12), 0.75, torch.Generator().manual_seed(5))
+    assert t.shape[1] == token_dropout.kept_count(16, 0.75) == 4                  # round((1 - d) N), N = 16
+    assert seen[0] == 1 + 4
+    assert torch.equal(got, vit.encode(t))
+    other = vit(x, patch_size=12, drop_ratio=0.75, generator=torch.Generator().manual_seed(6))
+    assert not torch.allclose(got, other)                                        # the generator decides
+    plain = vit.encode(vit.tokens(x))
+    assert torch.equal(vit(x), plain) and torch.equal(vit(x, patch_size=8), plain)   # 0: the model's own
+    assert torch.equal(vit(x, patch_size=12), vit.encode(vit.tokens(x, 12)))       # patch scaling alone
 
 
 def test_compression_reaches_the_online_encoder_and_the_key_encoder_separately():
@@ -99,21 +117,34 @@ def test_compression_reaches_the_online_encoder_and_the_key_encoder_separately()
     cfg.name = "mocov3"
     cfg.mocov3.update(SMALL["mocov3"])
     method = selfsup.build_method(cfg, ViT("vit_t16", patch_size=8))
-    online, targets = token_dropout.online_and_target_backbones(method)
-    assert online is method.backbone and targets == [method.target.nets[0]]
+    assert method.has_target
     lengths = {}
-    for name, vit in (("q", online), ("k", targets[0])):
+    for name, vit in (("q", method.backbone), ("k", method.target.nets[0])):
         def hook(m, i, o, name=name):
             lengths.setdefault(name, o.shape[1])
         vit.blocks[0].register_forward_hook(hook)
-    with token_dropout.compressed_method(method, (0.75, 8, None), (0.0, 16, None)):
-        method([torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)])
+    setting = token_dropout.QueryKey(token_dropout.SeqCompression(0.75, 8), token_dropout.SeqCompression(0.0, 16))
+    method([torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)], compression=setting)
     assert lengths == {"q": 1 + 4, "k": 1 + 4}                            # 16 tokens, 75 % dropped / 4 of 16 px
+
+
+def test_compression_settings_validate_and_say_when_they_act():
+    assert not token_dropout.SeqCompression().active(8)
+    assert not token_dropout.SeqCompression(0.0, 8).active(8)
+    assert token_dropout.SeqCompression(0.0, 16).active(8) and token_dropout.SeqCompression(0.25).active(8)
+    gen = torch.Generator()
+    assert token_dropout.SeqCompression(0.5, 12, gen).vit_kwargs() == {"patch_size": 12, "drop_ratio": 0.5,
+                                                                        "generator": gen}
+    with pytest.raises(ValueError):
+        token_dropout.SeqCompression(1.0)
+    with pytest.raises(ValueError):
+        token_dropout.SeqCompression(0.0, -8)
+    assert token_dropout.QueryKey() == token_dropout.QueryKey(None, None)
 
 
 # ---- cost model (Table 1, Table 2b-c)
 
-TABLE1 = {  # MoCo v3, 240 px, key uncompressed (patch 16): rows patch size, columns d = 0, .25, .5, .75, .9
+TABLE1 = {  # MoCo v3, 240 px, key at full length (patch 16): rows patch size, columns d = 0, .25, .5, .75, .9
     16: [4.59, 3.73, 2.87, 2.01, 1.49], 20: [3.36, 2.80, 2.25, 1.70], 24: [2.69, 2.30, 1.92, 1.53],
     30: [2.14, 1.89, 1.64], 40: [1.71, 1.57, 1.43, 1.29], 48: [1.54, 1.44, 1.35, 1.25]}
 # (cells missing here are illegible in the paper's text extraction)
@@ -152,7 +183,7 @@ def test_ca_mse_estimator_recovers_known_bias_and_variance():
     sigma = 0.5                                      # per-sample noise std per coordinate: Var = dim sigma^2
 
     def moments(b):
-        m = grad_error.GradientMoments(k)
+        m = ca_mse.GradientMoments(k)
         for _ in range(n_sub):
             samples = G_true + b + sigma * torch.randn(k, dim, generator=gen, dtype=torch.float64)
             m.add(samples.mean(0))
@@ -160,7 +191,7 @@ def test_ca_mse_estimator_recovers_known_bias_and_variance():
 
     base, comp = moments(torch.zeros(dim)), moments(bias)
     G = base.mean
-    prof = grad_error.error_profile(G, comp, cost=2.0, budget=8.0)
+    prof = ca_mse.error_profile(G, comp, cost=2.0, budget=8.0)
     norm = float(G.dot(G))
     assert prof["bias2"] * norm == pytest.approx(float(bias.dot(bias)), rel=0.1)
     assert prof["var"] * norm == pytest.approx(dim * sigma ** 2, rel=0.1)
@@ -175,21 +206,21 @@ def test_strategy_moments_on_a_tiny_vit_method():
     torch.manual_seed(0)
     method = selfsup.build_method(cfg, ViT("vit_t16", patch_size=8))
     data = [([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)], None) for _ in range(2)]
-    full = grad_error.strategy_moments(method, lambda: iter(data), (0.0, 8, 0.0, 8), 4)
-    again = grad_error.strategy_moments(method, lambda: iter(data), (0.0, 8, 0.0, 8), 4)
-    half = grad_error.strategy_moments(method, lambda: iter(data), (0.5, 8, 0.5, 8), 4)
+    full = ca_mse.strategy_moments(method, lambda: iter(data), (0.0, 8, 0.0, 8), 4)
+    again = ca_mse.strategy_moments(method, lambda: iter(data), (0.0, 8, 0.0, 8), 4)
+    half = ca_mse.strategy_moments(method, lambda: iter(data), (0.5, 8, 0.5, 8), 4)
     assert torch.equal(full.sum, again.sum)                              # same data, buffers restored
-    prof = grad_error.error_profile(full.mean, half, 1.0, 1.0)
+    prof = ca_mse.error_profile(full.mean, half, 1.0, 1.0)
     assert prof["bias2"] > 0 and math.isfinite(prof["ca_mse"])
     grid = [[{"ca_mse": 3.0}, {"ca_mse": 1.0}], [{"ca_mse": 2.0}, {"ca_mse": 5.0}]]
-    assert grad_error.best_strategy(grid, [0.0, 0.5], [8, 16]) == (0.5, 8)
+    assert ca_mse.best_strategy(grid, [0.0, 0.5], [8, 16]) == (0.5, 8)
 
 
 # ---- schedules and budgets
 
 def test_schedule_file_round_trip_and_per_step_arrays(tmp_path):
     path = str(tmp_path / "s.yaml")
-    entries = grad_error.schedule_from_profiles([0.0, 0.5, 1.0], [(0.75, 16), (0.5, 8), (0.0, 8)])
+    entries = ca_mse.schedule_from_profiles([0.0, 0.5, 1.0], [(0.75, 16), (0.5, 8), (0.0, 8)])
     assert [s for s, _ in entries] == [0.0, 0.25, 0.75]
     compression.save_schedule(path, entries, "a test\nschedule")
     assert open(path).readline() == "# a test\n"
@@ -244,8 +275,8 @@ def test_budget_run_with_a_schedule_stops_when_the_budget_is_spent(tmp_path):
 def _plan(overrides):
     from common.config import load_config
     from models import build_backbone
-    from train_ssl import config_defaults
-    cfg = load_config(config_defaults(), None, TINY + overrides)
+    from selfsup.config import ssl_defaults
+    cfg = load_config(ssl_defaults(), None, TINY + overrides)
     return compression.CompressionPlan(cfg, selfsup.build_method(cfg.method, build_backbone(cfg.model)), 4, 16)
 
 
@@ -258,3 +289,16 @@ def test_compression_config_errors():
         _plan(small_overrides("simclr") + VIT_TINY + ["accel.compression.patch_size=12"])
     plan = _plan(small_overrides("simclr") + VIT_TINY)
     assert not plan.active and plan.key(0) == () and plan.total_steps == 8   # TINY: 2 epochs x 4 steps
+    assert plan.vit and not plan.has_target and plan.compression(0, None) is None
+
+
+def test_compression_plan_gives_the_query_and_key_setting_of_each_step():
+    gen = torch.Generator()
+    plan = _plan(small_overrides("mocov3") + VIT_TINY + ["accel.compression.drop_ratio=0.5",
+                                                         "accel.compression.patch_size=16"])
+    assert plan.vit and plan.has_target and plan.active
+    assert plan.compression(3, gen) == token_dropout.QueryKey(token_dropout.SeqCompression(0.5, 16, gen),
+                                                              token_dropout.SeqCompression(0.0, 16, gen))
+    resnet = _plan(small_overrides("byol"))
+    assert not resnet.vit and resnet.has_target and resnet.compression(0, gen) is None
+    assert not hasattr(compression, "stage_index")

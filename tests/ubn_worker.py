@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from accel import ubn  # noqa: E402
+from models import ubn  # noqa: E402
 from common import dist  # noqa: E402
 from models.batchnorm import convert_sync_bn  # noqa: E402
 
