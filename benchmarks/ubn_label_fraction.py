@@ -3,7 +3,7 @@
 
 Runs train_depth_ubn.py (yaml/ubn/quickstart.yaml's scale: procedural 64 x 192 scenes, width-8
 5-level DispNet, labeled batch 16, Adam 1e-3) for each labeled fraction with BN, UBN (step-1
-statistics as constants, accel/ubn.py's default) and UBN with gradient through the labeled share
+statistics as constants, models/ubn.py's default) and UBN with gradient through the labeled share
 of the statistics; every run takes the same number of steps. Prints the test metrics and draws
 delta < 1.25 against the labeled fraction (OUT/ubn_label_fraction.png).
 
