@@ -41,6 +41,7 @@ DEFAULT_CONFIG = os.path.join(HERE, "yaml", "ubn", "quickstart.yaml")
 # shrinks it to CPU scale.
 DEPTH_DEFAULTS = {
     "output_dir": "runs/ubn_depth",
+    "paper": None,                        # the paper row of an experiment file (common/config.py SHARED)
     "data": {
         "name": "synthetic",              # synthetic (data/synthetic_depth.py) | kitti (data/kitti.py)
         "root": None,                     # kitti: the KITTI raw folder (see data/kitti.py for the layout)

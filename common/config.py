@@ -29,6 +29,9 @@ class ConfigError(InputError):
 # that a script does not read is an unknown key there. train_depth_ubn.py has a tree of its own.
 SHARED = {
     "output_dir": "runs/quickstart",
+    # The paper row an experiment file reproduces (paper, table, row, the paper's own figures):
+    # free-form, never read by training; kept in the run's config.yaml for report.py.
+    "paper": None,
     "data": {
         "name": "synthetic",          # synthetic | imagefolder | cifar10
         "root": None,                 # folder with train/ and val/ or test/ (imagefolder), or cifar10 root
