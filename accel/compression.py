@@ -119,17 +119,20 @@ def budget_progress(stage_list, step_units, budget):
     costs = [float(step_units(st)) for _, st in stage_list]
     if min(costs) <= 0:
         raise ConfigError("train.budget: a compression stage has zero cost per step")
-    starts = [s for s, _ in stage_list] + [math.inf]
-    progress, spent, i = [], 0.0, 0
-    while spent < budget:
-        f = spent / budget
-        while f >= starts[i + 1]:
-            i += 1
-        progress.append(f)
-        spent += costs[i]
-        if len(progress) > 50_000_000:
+    starts = [s for s, _ in stage_list[1:]] + [math.inf]
+    # stage by stage (each has a constant cost per step): a step is taken at stage i while the
+    # spent units are below both the stage's end and the budget -- in closed form, not step by step
+    pieces, spent = [], 0.0
+    for cost_i, end in zip(costs, starts):
+        limit = min(end * budget, budget)
+        if spent >= limit:
+            continue
+        n = int(math.ceil((limit - spent) / cost_i))
+        if sum(len(p) for p in pieces) + n > 50_000_000:
             raise ConfigError(f"train.budget={budget:g} needs more than 5e7 steps; is it in sample-cost units?")
-    return np.array(progress)
+        pieces.append((spent + cost_i * np.arange(n)) / budget)
+        spent += n * cost_i
+    return np.concatenate(pieces)
 
 
 def at_progress(schedule, progress):
