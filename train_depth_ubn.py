@@ -71,6 +71,9 @@ DEPTH_DEFAULTS = {
         "enabled": False,                 # false: BN on labeled batches; true: UBN (Fig. 2.1, Eq. 2.4)
         "unlabeled_batch_size": 0,        # global size of the unlabeled batch y; 0 = train.batch_size
         "grad_through_stats": False,      # false: step 1's statistics are constants in step 2 (models/ubn.py)
+        "reestimate_batches": 0,          # >0: before each evaluation, BN running statistics = the plain
+                                          # average over this many training batches ("precise BN",
+                                          # models/ubn.reestimate_running_stats); also for the BN baseline
     },
     "loss": {
         "kind": "l1",                     # l1: |D - D*|; log_l1: |log D - log D*| (valid pixels, mean)
@@ -161,6 +164,23 @@ def evaluate(model, loader, device, cfg):
     return summarize(per_image)
 
 
+def reestimation_batches(dataset, local_batch, n_batches, cfg, rt, device):
+    """The first n_batches training batches (inputs only, no flip) of a fixed permutation, seeded
+    apart from the training streams: the same batches before every evaluation, so resumed runs
+    evaluate the same; more batches than an epoch holds continue into the next permutation."""
+    sampler = EpochSampler(len(dataset), local_batch, rt.world, rt.rank, seed=cfg.train.seed + 2)
+    loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, drop_last=True, num_workers=0)
+    done, epoch = 0, 0
+    while done < n_batches:
+        sampler.set_epoch(epoch)
+        for b in loader:
+            if done == n_batches:
+                return
+            yield (b["image"].to(device) - MEAN) / STD
+            done += 1
+        epoch += 1
+
+
 def train_step(ddp, optimizer, batch, unlabeled, cfg, device):
     """One Adam step on the multi-scale loss of the labeled batch. With UBN (`unlabeled` given),
     step 1 takes BN statistics of {x, y}, step 2 forwards x with them (models/ubn.py)."""
@@ -195,6 +215,9 @@ def main(cfg):
     loader, sampler = train_loader(DepthDataset(train_images, labeled), local_b, cfg, rt, 0)
     if cfg.ubn.enabled:
         u_loader, u_sampler = train_loader(DepthDataset(train_images, with_depth=False), local_u, cfg, rt, 1)
+    if cfg.ubn.reestimate_batches:   # what step 1 (UBN) or the forward (BN) normalises over in training
+        reest_ds = DepthDataset(train_images, None if cfg.ubn.enabled else labeled, with_depth=False)
+        reest_batch = local_b + (local_u if cfg.ubn.enabled else 0)
     test_ds = DepthDataset(test_images)
     if rt.world > 1:
         test_ds = Subset(test_ds, range(rt.rank, len(test_ds), rt.world))
@@ -229,6 +252,12 @@ def main(cfg):
     labeled_stream = run.stream(loader, sampler, step)
     unlabeled_stream = run.stream(u_loader, u_sampler, step) if cfg.ubn.enabled else None
     stop = run.StopFlag(device)
+    def evaluate_now():
+        if cfg.ubn.reestimate_batches:
+            ubn.reestimate_running_stats(model, reestimation_batches(
+                reest_ds, reest_batch, cfg.ubn.reestimate_batches, cfg, rt, device))
+        return evaluate(model, test_loader, device, cfg)
+
     eval_every = max(1, int(round(cfg.train.eval_every_epochs * steps_per_epoch)))
     window, metrics = LossWindow(device), None
     model.train()
@@ -245,7 +274,7 @@ def main(cfg):
             mean_loss, ips = window.flush(cfg.train.batch_size)
             logger.log({"epoch": step / steps_per_epoch, "loss": mean_loss, "images_per_s": ips}, step)
         if step % eval_every == 0 or step == total_steps:
-            metrics = evaluate(model, test_loader, device, cfg)
+            metrics = evaluate_now()
             best = max(best, metrics["delta1"])
             logger.log({"epoch": step / steps_per_epoch, **metrics}, step)
             logger.print(f"step {step}/{total_steps}: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in NAMES))
@@ -258,7 +287,7 @@ def main(cfg):
             raise run.Stopped(step, stop.signum if stop_requested else None)
 
     if metrics is None:
-        metrics = evaluate(model, test_loader, device, cfg)
+        metrics = evaluate_now()
     logger.log({"final": True, "steps": step, "best_delta1": best, **metrics}, step)
     logger.print(f"final after {step} steps: delta<1.25 {metrics['delta1']:.4f}, AbsRel {metrics['abs_rel']:.4f}, "
                  f"RMSE {metrics['rmse']:.3f} m (best delta<1.25 {best:.4f})")

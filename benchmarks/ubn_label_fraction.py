@@ -9,6 +9,7 @@ delta < 1.25 against the labeled fraction (OUT/ubn_label_fraction.png).
 
     python benchmarks/ubn_label_fraction.py                      # ~12 min on 2 CPU cores, 1 thread
     python benchmarks/ubn_label_fraction.py --fractions 1 0.25 --epochs 5
+    python benchmarks/ubn_label_fraction.py --reestimate 16    # "precise BN" running statistics before evaluation
 """
 import argparse
 import json
@@ -30,16 +31,21 @@ def main():
     p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.125])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="runs/ubn_label_fraction")
+    p.add_argument("--reestimate", type=int, default=0,
+                   help="ubn.reestimate_batches: recompute the running statistics over N training batches before evaluating")
+    p.add_argument("--out", default=None, help="default runs/ubn_label_fraction[_reest<N>]")
     p.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every run")
     args = p.parse_args()
+    if args.out is None:
+        args.out = "runs/ubn_label_fraction" + (f"_reest{args.reestimate}" if args.reestimate else "")
     os.makedirs(args.out, exist_ok=True)
     results = {}
     for frac in args.fractions:
         for name, flags in VARIANTS.items():
             out = os.path.join(args.out, f"{name.replace(' ', '_').lower()}_f{frac:g}")
             cmd = [sys.executable, "train_depth_ubn.py", f"data.labeled_fraction={frac}", f"train.epochs={args.epochs}",
-                   f"train.threads={args.threads}", "train.eval_every_epochs=1000", f"output_dir={out}"] + flags + args.extra
+                   f"train.threads={args.threads}", "train.eval_every_epochs=1000", f"output_dir={out}",
+                   f"ubn.reestimate_batches={args.reestimate}"] + flags + args.extra
             t = time.perf_counter()
             subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
             with open(os.path.join(out, "metrics.jsonl")) as f:

@@ -187,3 +187,34 @@ def forward(model, labeled, unlabeled=None, grad_through_stats=False):
     stats = collect_statistics(model, combined)
     with normalize_with(model, stats, grad_through_stats):
         return model(labeled)
+
+
+@torch.no_grad()
+def reestimate_running_stats(model, batches):
+    """"Precise BN" (Wu & Johnson 2021): replace every training-mode BN layer's running mean and
+    variance by the plain average, over `batches` (an iterable of inputs), of the batch mean and the
+    unbiased batch variance that the layer sees in train mode (no autograd, the same convention
+    as its running statistics). Fixes the lag of the EMA, which trails weights that move fast (UBN's
+    running statistics, benchmarks/NOTES.md). Layers called k times per forward average all calls;
+    global-batch layers take each batch's statistics over all ranks, other layers are averaged over
+    ranks at the end (as DDP would broadcast one rank's). Returns the number of batches used."""
+    layers = _bn_layers(model)
+    sums = {m: [0.0, 0.0, 0] for m in layers if m.track_running_stats}
+    used = 0
+    for batch in batches:
+        stats = collect_statistics(model, batch, update_running=False)
+        for m, acc in sums.items():
+            for mean, var, n in stats[m]:
+                acc[0] = acc[0] + mean
+                acc[1] = acc[1] + var * n / (n - 1).clamp_min(1)
+                acc[2] += 1
+        used += 1
+    for m, (mean_sum, var_sum, calls) in sums.items():
+        if calls == 0:
+            continue
+        mean, var = mean_sum / calls, var_sum / calls
+        if dist.is_dist() and dist.world_size() > 1 and not _is_global(m):
+            mean, var = dist.all_reduce_mean(mean.clone()), dist.all_reduce_mean(var.clone())
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_(var.to(m.running_var.dtype))
+    return used

@@ -2,14 +2,23 @@
 import copy
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from models import ubn
+from common import checkpoint
+from common.run import STOP_SIGNALS
+from common.config import load_config
 from conftest import read_metrics, run
+from data.depth import build_depth_images
+from data.sampler import EpochSampler
+from models import ubn
+from models.dispnet import build_dispnet
+import train_depth_ubn
+from train_depth_ubn import DEPTH_DEFAULTS, MEAN, STD
 from models.batchnorm import GlobalBatchNorm, convert_sync_bn
 
 
@@ -211,3 +220,65 @@ def test_train_supervised_few_labels_with_ubn(tmp_path):
     assert len(rows) == 8 and all(np.isfinite(r["loss"]) for r in rows)   # an epoch counts all 128 images
     p = run(["train_supervised.py"] + SUP + ["ubn.enabled=true", "select.method=fast"], check=False)
     assert p.returncode == 2 and "ubn.enabled=true needs select.method=uniform" in p.stderr
+
+
+def test_reestimated_running_statistics_are_the_average_of_the_batch_statistics():
+    net = two_layer_net()
+    bn1, bn2 = net[1], net[4]
+    before = [bn.num_batches_tracked.clone() for bn in (bn1, bn2)]
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(n, 3, generator=g, dtype=torch.float64) * (k + 1) + k for k, n in enumerate((6, 9, 4))]
+    assert ubn.reestimate_running_stats(net, iter(batches)) == 3
+    # by hand: each batch through the net in train mode (BN normalising with the batch's own
+    # biased variance); running mean = mean of batch means, running var = mean of unbiased variances
+    with torch.no_grad():
+        h1s, h2s = [], []
+        for b in batches:
+            h1 = net[0](b)
+            z1 = bn1.weight * (h1 - h1.mean(0)) / torch.sqrt(h1.var(0, unbiased=False) + bn1.eps) + bn1.bias
+            h1s.append(h1)
+            h2s.append(net[3](torch.relu(z1)))
+    for bn, hs in ((bn1, h1s), (bn2, h2s)):
+        torch.testing.assert_close(bn.running_mean, torch.stack([h.mean(0) for h in hs]).mean(0))
+        torch.testing.assert_close(bn.running_var, torch.stack([h.var(0, unbiased=True) for h in hs]).mean(0))
+        # not what an EMA over the same batches would give (the lag this removes)
+    ema = two_layer_net()
+    for b in batches:
+        ema(b)
+    assert (ema[1].running_mean - bn1.running_mean).abs().max() > 1e-2
+    assert [bn.num_batches_tracked for bn in (bn1, bn2)] == before and net[1].training
+
+
+def test_depth_run_reestimates_before_evaluating(tmp_path):
+    """ubn.reestimate_batches=N: the evaluated (and saved) running statistics are the average over
+    the first N batches (step-1 size: labeled + unlabeled) of a fixed permutation of the training
+    images, whatever the EMA had reached."""
+    out = str(tmp_path / "r")
+    tiny = ["data.height=32", "data.width=64", "data.synthetic_train_size=48", "data.synthetic_test_size=8",
+            "model.width=4", "model.levels=4", "train.batch_size=8", "train.epochs=1", "train.threads=1",
+            "data.labeled_fraction=0.5", "eval.batch_size=8", "ubn.enabled=true", "ubn.reestimate_batches=3",
+            "data.workers=0", "train.log_every=100", f"output_dir={out}"]
+    cfg = load_config(DEPTH_DEFAULTS, None, tiny)
+    threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        train_depth_ubn.main(cfg)                                   # in-process: one rank, CPU
+    finally:
+        torch.set_num_threads(threads)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    saved = checkpoint.load(os.path.join(out, "checkpoint.pt"))["model"]
+    model = build_dispnet(cfg.model)
+    model.load_state_dict(saved)
+    train_images, _ = build_depth_images(cfg.data, cfg.train.seed)
+    perm = [i for i, _ in EpochSampler(len(train_images), 16, seed=cfg.train.seed + 2)]
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    key = next(k for k in saved if k.endswith("running_mean"))
+    inputs = []
+    bn.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach()))
+    model.train()
+    with torch.no_grad():
+        for k in range(3):
+            x = torch.stack([train_images.load(i, False)[0] for i in perm[16 * k:16 * (k + 1)]])
+            model((x - MEAN) / STD)
+    assert [a.shape[0] for a in inputs] == [16, 16, 16]
+    torch.testing.assert_close(saved[key], torch.stack([a.mean((0, 2, 3)) for a in inputs]).mean(0))
