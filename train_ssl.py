@@ -21,7 +21,7 @@ from common.config import ConfigError, parse_cli
 from common.flops import FlopLedger
 from common.logger import LossWindow, RunLogger, write_run_files
 from common.optim import build_optimizer, set_weight_decay
-from data import build_eval_loader, build_images, build_train_loader
+from data import build_eval_loader, build_images, build_train_loader, device_batch
 from data.augment import DeviceAugment
 from evaluation.knn import knn_top1
 from models.batchnorm import convert_sync_bn
@@ -95,12 +95,11 @@ def train_step(cfg, model, ddp, batch, optimizer, scaler, augment, sched, ledger
     autocast = precision.autocast(device, precision.AMP_DTYPES[cfg.train.amp])
     dtype = torch.float64 if cfg.train.float64 else torch.float32
     res, mag = int(sched.resolution[step]), float(sched.magnitude[step])
-    views = augment(batch["views"].to(device, non_blocking=True), batch["rand"].to(device, non_blocking=True),
-                    mag, res, cl, dtype)
+    batch = device_batch(batch, device)  # JPEG decode and crops here with data.decode=device
+    views = augment(batch["views"], batch["rand"], mag, res, cl, dtype)
     local_views = None
     if "local_views" in batch:  # multi-crop: small views at their own fixed size
-        local_views = augment(batch["local_views"].to(device, non_blocking=True),
-                              batch["local_rand"].to(device, non_blocking=True), mag, 0, cl, dtype, local=True)
+        local_views = augment(batch["local_views"], batch["local_rand"], mag, 0, cl, dtype, local=True)
     b, targets = views[0].shape[0], None
     if ha.enabled:  # Hard Augment: keep the hardest pair of views per sample (WACV'23 Eq. 10)
         with ledger.count(("select", ha.r_sel, len(views), b), kind="selection"), autocast:
@@ -174,7 +173,7 @@ def main(cfg):
     # ---- data: crops in loader workers, photometric operations on the device
     train_images, val_images, num_classes = build_images(cfg.data, cfg.train.seed)
     ha = cfg.accel.hard_augment
-    loader, sampler = build_train_loader(train_images, cfg, local_batch, device,
+    loader, sampler = build_train_loader(train_images, cfg, local_batch, device, decode=cfg.data.decode,
                                          num_views=ha.views if ha.enabled else cfg.data.num_views)
     knn_loaders = [build_eval_loader(images, cfg, cfg.knn.batch_size, device) for images in (train_images, val_images)]
     augment = DeviceAugment(cfg.augment)
@@ -191,6 +190,7 @@ def main(cfg):
     # ---- optimizer and per-iteration schedules
     steps_per_epoch = sampler.steps_per_epoch
     sched = build_schedules(cfg, model, steps_per_epoch)
+    sampler.set_sizes(sched.resolution)  # the loader crops at each step's resolution (no 224 -> 96 resample)
     total_steps, n_epochs = sched.plan.total_steps, sched.plan.epochs
     optimizer = build_optimizer(cfg.optim.name, model.param_groups(), sched.base_lr, cfg.optim.momentum,
                                 cfg.optim.weight_decay)

@@ -6,12 +6,13 @@ import signal
 from torch.utils.data import DataLoader, Subset
 
 from common import dist
+from data.decode import collate, device_batch
 from data.folder import CIFAR10Images, DataError, ImageFolderImages, find_val_split
 from data.multiview import EvalDataset, MultiViewDataset
 from data.sampler import EpochSampler
 from data.synthetic import SyntheticImages
 
-__all__ = ["DataError", "build_images", "build_train_loader", "build_eval_loader"]
+__all__ = ["DataError", "build_images", "build_train_loader", "build_eval_loader", "device_batch"]
 
 
 def build_images(data_cfg, seed=0):
@@ -52,18 +53,20 @@ def loader_kwargs(data_cfg, device):
     return kw
 
 
-def build_train_loader(images, cfg, local_batch, device, num_views=None):
-    """Multi-view loader; returns (loader, sampler). Call sampler.set_epoch before each epoch.
+def build_train_loader(images, cfg, local_batch, device, num_views=None, decode="worker"):
+    """Multi-view loader; returns (loader, sampler). Call sampler.set_epoch before each epoch,
+    and sampler.set_sizes(resolution schedule) to have crops made at each step's resolution.
     num_views None: data.num_views. Multi-crop views (data.local_views, ...) exist in the SSL
-    scripts' config tree only (selfsup/config.py); elsewhere the loader delivers global views."""
+    scripts' config tree only (selfsup/config.py); elsewhere the loader delivers global views.
+    decode="device" (data.decode, train_ssl.py): batches need `device_batch` (data/decode.py)."""
     d = cfg.data
     ds = MultiViewDataset(images, num_views or d.get("num_views", 1), d.crop_size, d.crop_scale,
                           cfg.augment.flip_prob, seed=cfg.train.seed, local_views=d.get("local_views", 0),
                           local_crop_size=d.get("local_crop_size", 96),
-                          local_crop_scale=d.get("local_crop_scale", (0.05, 0.14)))
+                          local_crop_scale=d.get("local_crop_scale", (0.05, 0.14)), decode=decode)
     sampler = EpochSampler(len(ds), local_batch, dist.world_size(), dist.rank(), seed=cfg.train.seed)
     loader = DataLoader(ds, batch_size=local_batch, sampler=sampler, drop_last=True,
-                        **loader_kwargs(cfg.data, device))
+                        collate_fn=collate if decode == "device" else None, **loader_kwargs(cfg.data, device))
     return loader, sampler
 
 

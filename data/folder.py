@@ -5,8 +5,11 @@
 
 Bad input fails early with one line naming the folder or file.
 """
+import io
 import os
 
+import numpy as np
+import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -57,6 +60,31 @@ class ImageFolderImages:
             with Image.open(path) as img:
                 return _rgb_tensor(img), label
         except Exception as e:  # PIL raises several types; all mean the same to the user
+            raise DataError(f"cannot read image {path}: {e}") from None
+
+    def open(self, i):
+        """(PIL image, label) with only the header read: size known, pixels not yet decoded (so
+        a caller can choose a JPEG draft scale first). The caller closes it."""
+        path, label = self.samples[i]
+        try:
+            return Image.open(path), label
+        except Exception as e:
+            raise DataError(f"cannot read image {path}: {e}") from None
+
+    def read(self, i):
+        """(encoded, (height, width), label) for decoding elsewhere (data.decode=device):
+        encoded is the file's bytes as a 1-D uint8 tensor for a baseline/progressive RGB or
+        grayscale JPEG, else (PNG, CMYK JPEG, ...) the decoded uint8 [3, H, W] image."""
+        path, label = self.samples[i]
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+            with Image.open(io.BytesIO(raw)) as img:
+                width, height = img.size
+                if img.format == "JPEG" and img.mode in ("RGB", "L"):
+                    return torch.from_numpy(np.frombuffer(raw, np.uint8).copy()), (height, width), label
+                return _rgb_tensor(img), (height, width), label
+        except Exception as e:
             raise DataError(f"cannot read image {path}: {e}") from None
 
 

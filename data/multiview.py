@@ -6,13 +6,19 @@ photometric operations that `data/augment.py` later applies batched on the devic
 gives the same views whatever the number of ranks, loader workers or restarts, which is what
 makes a resumed run equal an uninterrupted one and a 2-rank run equal a 1-rank run.
 
-The crops come out at `crop_size` (the largest training resolution); the device resizes them
-to the resolution of the current step, so a resolution schedule needs no loader restart.
+The crops come out at `crop_size` (the largest training resolution), or at the resolution of
+the step they are for when the sampler knows the schedule (`EpochSampler.set_sizes`); the device
+resizes them to the current step's resolution if they differ, so a resolution schedule needs no
+loader restart. JPEGs are decoded once per image for all its views, at the smallest DCT scale
+(Pillow's draft mode) that leaves every crop at least its output size: the boxes are drawn from
+the full size in the header first, so their law in the original image is unchanged.
 """
 import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
@@ -46,42 +52,135 @@ def random_resized_crop_box(height, width, scale, ratio, g):
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def draft_scale(boxes, sizes):
+    """Largest JPEG DCT reduction s in {1, 2, 4, 8} that leaves every crop box (drawn in the
+    full image) at least its output size in the reduced image: min(h, w) / s >= size."""
+    room = min(min(b[2], b[3]) / size for b, size in zip(boxes, sizes))
+    return next(s for s in (8, 4, 2, 1) if room >= s or s == 1)
+
+
+def decode_pil(img, boxes, sizes):
+    """Decode a PIL image whose header only was read, once, at the smallest JPEG draft scale
+    that keeps every crop box >= its output size. Returns (decoded RGB image, (sx, sy)):
+    full-image pixels per decoded pixel along x and y (1, 1 without draft)."""
+    width, height = img.size
+    s = draft_scale(boxes, sizes) if img.format == "JPEG" else 1
+    if s > 1:  # asks libjpeg for exactly 1/s (see Pillow's JpegImageFile.draft)
+        img.draft(img.mode, (width // s, height // s))
+    img.load()
+    if img.mode != "RGB":  # grayscale, CMYK, palette, alpha
+        img = img.convert("RGB")
+    return img, (width / img.size[0], height / img.size[1])
+
+
+def pil_views(img, scale, boxes, flips, size):
+    """Views uint8 [V, 3, size, size] of an image decoded by `decode_pil`; boxes (top, left, h, w)
+    in full-image pixels. Without draft they are whole pixels of the decoded image, cropped by
+    torch's uint8 antialiased bilinear resize (the tensor path's kernel; ~2x faster than PIL's
+    resize on the channels-last array PIL decodes to). With draft they map to fractional boxes
+    of the reduced image: PIL's antialiased bilinear resize from that exact region (the same
+    filter; ~1 grey level apart)."""
+    sx, sy = scale
+    if sx == sy == 1:
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]  # [1, 3, H, W], channels-last
+        out = torch.empty(len(boxes), 3, size, size, dtype=torch.uint8)
+        for i, ((top, left, h, w), flip) in enumerate(zip(boxes, flips)):
+            v = F.interpolate(x[:, :, top:top + h, left:left + w], size=(size, size), mode="bilinear",
+                              antialias=True, align_corners=False)[0]
+            out[i] = v.flip(-1) if flip else v
+        return out
+    out = np.empty((len(boxes), size, size, 3), np.uint8)
+    for i, ((top, left, h, w), flip) in enumerate(zip(boxes, flips)):
+        v = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None,
+                                  box=(left / sx, top / sy, (left + w) / sx, (top + h) / sy)))
+        out[i] = v[:, ::-1] if flip else v
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def tensor_views(img, boxes, flips, size):
+    """The same from a decoded uint8 [3, H, W] tensor (torchvision's antialiased resize)."""
+    views = []
+    for (top, left, h, w), flip in zip(boxes, flips):
+        v = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+        views.append(v.flip(-1) if flip else v)
+    return torch.stack(views)
+
+
 class MultiViewDataset(Dataset):
-    """Indexed by (image index, epoch) pairs from `data.sampler.EpochSampler`.
-    Returns dict(views uint8 [V, 3, S, S], rand float [V, N_RAND], index, label), plus
-    local_views uint8 [L, 3, s, s] and local_rand [L, N_RAND] when local_views > 0 (multi-crop:
-    drawn after the global views, so adding local views leaves the global ones unchanged)."""
+    """Indexed by (image index, epoch) or (image index, epoch, size) keys from
+    `data.sampler.EpochSampler`; size (the resolution of the step the item is for, when the
+    sampler knows the schedule) makes the global views come out at min(size, crop_size) instead
+    of crop_size, so a low-resolution phase never resamples 224 px crops.
+
+    decode="worker": returns dict(views uint8 [V, 3, S, S], rand float [V, N_RAND], index, label),
+    plus local_views uint8 [L, 3, s, s] and local_rand [L, N_RAND] when local_views > 0
+    (multi-crop: drawn after the global views, so adding local views leaves the global ones
+    unchanged). decode="device": the worker reads the file only; the item holds `encoded` (the
+    JPEG bytes), `boxes` [V, 4] (top, left, h, w), `flips` [V], `rand`, `size` (and local_*),
+    for `data.decode.device_batch` to decode and crop on the training device.
+
+    The crop boxes, flips and rand are drawn from the image's full size before any decoding,
+    in the same order whatever the decode path, so the views' distribution does not depend on
+    it. Image sources with `open` (ImageFolderImages) are decoded by PIL with JPEG draft scaling;
+    others (synthetic, CIFAR-10) by `load` and torchvision's antialiased tensor resize."""
 
     def __init__(self, images, num_views, crop_size, crop_scale=(0.2, 1.0), flip_prob=0.5, seed=0,
-                 ratio=(3 / 4, 4 / 3), local_views=0, local_crop_size=96, local_crop_scale=(0.05, 0.14)):
+                 ratio=(3 / 4, 4 / 3), local_views=0, local_crop_size=96, local_crop_scale=(0.05, 0.14),
+                 decode="worker"):
+        if decode not in ("worker", "device"):
+            raise ValueError(f"decode must be worker or device, got {decode!r}")
+        if decode == "device" and not hasattr(images, "read"):
+            raise ValueError(f"decode=device needs an image folder source, not {type(images).__name__}")
         self.images, self.num_views, self.crop_size = images, num_views, crop_size
         self.crop_scale, self.ratio, self.flip_prob, self.seed = tuple(crop_scale), ratio, flip_prob, seed
         self.local_views, self.local_crop_size, self.local_crop_scale = local_views, local_crop_size, tuple(local_crop_scale)
+        self.decode = decode
 
     def __len__(self):
         return len(self.images)
 
-    def __getitem__(self, key):
-        index, epoch = key
-        img, label = self.images.load(index)
-        g = rng.generator(self.seed, rng.Stream.DATA, epoch, index)
-        out = {"index": index, "label": label}
-        out["views"], out["rand"] = self.crops(img, self.num_views, self.crop_size, self.crop_scale, g)
-        if self.local_views:
-            out["local_views"], out["local_rand"] = self.crops(img, self.local_views, self.local_crop_size,
-                                                               self.local_crop_scale, g)
-        return out
-
-    def crops(self, img, n, size, scale, g):
-        views, rand = [], []
+    def draw(self, height, width, n, scale, g):
+        """n views' (boxes [(top, left, h, w)], flips [bool], rand [n, N_RAND]) for an image of
+        that size: per view the box, then the flip, then the photometric uniforms."""
+        boxes, flips, rand = [], [], []
         for _ in range(n):
-            top, left, h, w = random_resized_crop_box(img.shape[1], img.shape[2], scale, self.ratio, g)
-            v = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
-            if torch.rand(1, generator=g).item() < self.flip_prob:
-                v = v.flip(-1)
-            views.append(v)
+            boxes.append(random_resized_crop_box(height, width, scale, self.ratio, g))
+            flips.append(torch.rand(1, generator=g).item() < self.flip_prob)
             rand.append(torch.rand(N_RAND, generator=g))
-        return torch.stack(views), torch.stack(rand)
+        return boxes, flips, torch.stack(rand)
+
+    def __getitem__(self, key):
+        index, epoch = key[0], key[1]
+        size = min(int(key[2]), self.crop_size) if len(key) > 2 and key[2] else self.crop_size
+        g = rng.generator(self.seed, rng.Stream.DATA, epoch, index)
+        if self.decode == "device":
+            encoded, (height, width), label = self.images.read(index)
+        elif hasattr(self.images, "open"):
+            img, label = self.images.open(index)
+            height, width = img.size[1], img.size[0]
+        else:
+            img, label = self.images.load(index)
+            height, width = img.shape[1], img.shape[2]
+        parts = [("", self.num_views, size, self.crop_scale)]
+        if self.local_views:
+            parts.append(("local_", self.local_views, self.local_crop_size, self.local_crop_scale))
+        drawn = [(p, sz) + self.draw(height, width, n, scale, g) for p, n, sz, scale in parts]
+        out = {"index": index, "label": label}
+        if self.decode == "device":
+            out["encoded"] = encoded
+            for p, sz, boxes, flips, rand in drawn:
+                out[p + "boxes"], out[p + "flips"] = torch.tensor(boxes, dtype=torch.int64), torch.tensor(flips)
+                out[p + "rand"], out[p + "size"] = rand, sz
+            return out
+        if isinstance(img, torch.Tensor):
+            for p, sz, boxes, flips, rand in drawn:
+                out[p + "views"], out[p + "rand"] = tensor_views(img, boxes, flips, sz), rand
+            return out
+        with img:  # one decode for all views, global and local
+            decoded, scale = decode_pil(img, [b for d in drawn for b in d[2]], [d[1] for d in drawn for _ in d[2]])
+            for p, sz, boxes, flips, rand in drawn:
+                out[p + "views"], out[p + "rand"] = pil_views(decoded, scale, boxes, flips, sz), rand
+        return out
 
 
 class EvalDataset(Dataset):

@@ -1,0 +1,69 @@
+"""data.decode=device: the training device decodes the JPEGs and crops the views.
+
+Loader workers then only read each file and draw its views' crop boxes, flips and photometric
+uniforms from the size in the JPEG header (data/multiview.py, same draws as the worker path);
+`device_batch` decodes the batch with torchvision.io.decode_jpeg on the device (nvJPEG on CUDA,
+libjpeg-turbo on the CPU) and crops and resizes each view there with an antialiased bilinear
+resize. The same code runs on the CPU (device = cpu), where it matches the worker path's views
+to within a few grey levels (tests/test_loader.py states the bound: the decoders and resamplers
+differ in rounding, not in geometry).
+
+`device_batch` is also the one place a worker-decoded batch moves to the device (pinned memory,
+non_blocking copies on CUDA), so a training loop reads the same dict either way.
+"""
+import torch
+import torch.nn.functional as F
+from torch.utils.data import default_collate
+from torchvision.io import ImageReadMode, decode_jpeg
+
+
+def collate(items):
+    """default_collate, except `encoded` (variable-length bytes) stays a list of tensors."""
+    encoded = [it.pop("encoded") for it in items]
+    out = default_collate(items)
+    out["encoded"] = encoded
+    return out
+
+
+def crop_views(img, boxes, flips, size):
+    """uint8 [V, 3, size, size] from a decoded uint8 [3, H, W] image (on any device); boxes
+    [V, 4] (top, left, h, w) and flips [V] on the CPU."""
+    x = img.float()
+    views = []
+    for (top, left, h, w), flip in zip(boxes.tolist(), flips.tolist()):
+        v = F.interpolate(x[None, :, top:top + h, left:left + w], size=(size, size), mode="bilinear",
+                          antialias=True, align_corners=False)
+        views.append(v.flip(-1) if flip else v)
+    return torch.cat(views).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def decode_images(encoded, device):
+    """Decode a list of 1-D uint8 JPEG byte tensors (or already decoded [3, H, W] images, which
+    the worker sends for PNG or CMYK files) to [3, H, W] uint8 RGB images on `device`."""
+    device = torch.device(device)
+    jpeg = [i for i, e in enumerate(encoded) if e.dim() == 1]
+    out = [None if e.dim() == 1 else e.to(device, non_blocking=True) for e in encoded]
+    if jpeg:
+        dev = device if device.type == "cuda" else "cpu"
+        decoded = decode_jpeg([encoded[i] for i in jpeg], mode=ImageReadMode.RGB, device=dev)
+        for i, d in zip(jpeg, decoded):
+            out[i] = d
+    return out
+
+
+def device_batch(batch, device):
+    """A loader batch on `device` with views uint8 [B, V, 3, S, S] and rand [B, V, N_RAND] (and
+    local_views / local_rand for multi-crop), whichever side decoded it."""
+    nb = torch.device(device).type == "cuda"
+    if "encoded" not in batch:
+        return {k: v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    images = decode_images(batch["encoded"], device)
+    out = {"index": batch["index"], "label": batch["label"]}
+    for p in ("", "local_"):
+        if p + "boxes" not in batch:
+            continue
+        size = int(batch[p + "size"][0])
+        out[p + "views"] = torch.stack([crop_views(img, b, f, size) for img, b, f in
+                                        zip(images, batch[p + "boxes"], batch[p + "flips"])])
+        out[p + "rand"] = batch[p + "rand"].to(device, non_blocking=nb)
+    return out
