@@ -1,8 +1,10 @@
 """SimCLR (Chen et al., ICML 2020): a projector and the NT-Xent loss with in-batch negatives.
 
 Defaults from the SimCLR paper's ImageNet setting: a 2-layer MLP projector (2048 hidden, 128
-out, BN as in its released code), temperature 0.1 (the paper's best at batch 4096; 0.5 for
-CIFAR-10 in its appendix B.9), LARS with lr 0.3 x batch/256, weight decay 1e-6, 10 warm-up
+out) with BN after every layer, the output layer included, as in its released code
+(model_util.projection_head: every `linear_layer` has use_bn=True; the last one has no bias and
+its BN no beta, center=False, but a learned scale gamma), temperature 0.1 (the paper's best at batch 4096;
+0.5 for CIFAR-10 in its appendix B.9), LARS with lr 0.3 x batch/256, weight decay 1e-6, 10 warm-up
 epochs (yaml/methods/).
 
 Negatives come from the global batch: both views' embeddings are gathered from every rank
@@ -50,7 +52,9 @@ class SimCLR(SSLMethod):
 
     def __init__(self, backbone, cfg):
         super().__init__(backbone)
-        self.projector = mlp([backbone.num_features, cfg.proj_hidden, cfg.proj_dim], last_bn=False)
+        self.projector = mlp([backbone.num_features, cfg.proj_hidden, cfg.proj_dim], last_bn=True, last_bn_affine=True)
+        out_bn = self.projector[-1]
+        out_bn.bias.requires_grad_(False)      # center=False: beta stays 0 (never optimised), gamma learns
         self.temperature = cfg.temperature
 
     def embed(self, views, compression=None):

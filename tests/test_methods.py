@@ -382,3 +382,20 @@ def test_blockwise_method_refuses_compression():
         m(views, compression=QueryKey(SeqCompression(0.5), None))
     with pytest.raises(ValueError, match="compression"):
         m.embed(views, QueryKey())
+
+
+def test_simclr_projector_normalises_every_layer_as_the_released_code():
+    """SimCLR's model_util.projection_head: Linear(no bias)-BN-ReLU, then Linear(no bias)-BN with
+    a learned scale and no shift (center=False)."""
+    m = build("simclr")
+    kinds = [type(layer).__name__ for layer in m.projector]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
+    lin1, bn1, _, lin2, bn2 = m.projector
+    assert lin1.bias is None and lin2.bias is None and (lin2.out_features, bn2.num_features) == (16, 16)
+    assert bn2.weight.requires_grad and not bn2.bias.requires_grad and torch.all(bn2.bias == 0)
+    assert all(p is not bn2.bias for g in m.param_groups() for p in g["params"])
+    # the output is batch-normalised: per-dimension zero mean and unit variance at gamma = 1
+    m.train()
+    z = m.embed([torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)])[0]
+    torch.testing.assert_close(z.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.var(0, unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
