@@ -11,9 +11,16 @@ Sequence compression (NeurIPS'24 sec. 4, accel/token_dropout.py) is a forward ar
 passes `mask_ratio`: `forward(x, patch_size, drop_ratio, generator)` embeds patches of size
 `patch_size` with the stored kernel resized by the pseudo-inverse of Eq. 3 (accel/flexi_patch.py),
 then drops a random fraction `drop_ratio` of the patch tokens after the position embeddings are
-added; the class token is prepended afterwards, so it is always kept. Position embeddings need
-no resampling: they are the fixed sin-cos table computed for whatever grid the patch size gives
-(a learned table would have to be interpolated to the new grid; this one is simply evaluated on it).
+added; the class token is prepended afterwards, so it is always kept.
+
+Position embeddings follow the image, not the grid index. The fixed sin-cos code is evaluated at
+the centre of each patch, in units of the model's own patch size p: a token of a q x q patch at
+grid index i has coordinate (i + 0.5) q / p - 0.5 (per axis). At q = p this is i, today's table;
+at any other q a token gets the code of the place its patch covers (at 240 px, the bottom-right
+patch of 30 px sits at 13.56, next to the bottom-right patch of 16 px at 14, not at the centre of
+the image as integer indices would put it). The same holds for any resolution: coordinates are
+image positions in pixels / p. There are no learned position embeddings in this ViT; a learned
+table would have to be resampled at the same coordinates (e.g. bilinearly at (i + 0.5) q / p - 0.5).
 """
 import functools
 
@@ -28,12 +35,20 @@ from common.config import ConfigError
 SIZES = {"vit_t16": (192, 12, 3), "vit_s16": (384, 12, 6), "vit_b16": (768, 12, 12)}  # dim, depth, heads
 
 
-@functools.lru_cache(maxsize=16)
-def sincos_2d(h, w, dim, temperature=10000.0):
-    """[1, h*w, dim] fixed embedding: sin/cos of the x and y grid coordinates at dim/4 frequencies."""
+def patch_coordinates(n, scale=1.0):
+    """Centres of n patches along one axis in units of the model's patch size p, for patches of
+    size q = scale x p: (i + 0.5) q / p - 0.5, so index i at q = p (exactly: no float round-off)."""
+    i = torch.arange(n, dtype=torch.float64)
+    return (i if scale == 1.0 else (i + 0.5) * scale - 0.5).to(torch.float32)
+
+
+@functools.lru_cache(maxsize=32)
+def sincos_2d(h, w, dim, scale=1.0, temperature=10000.0):
+    """[1, h*w, dim] fixed embedding: sin/cos of the x and y patch-centre coordinates at dim/4
+    frequencies; scale = (patch size in use) / (model's patch size), see patch_coordinates."""
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
-    gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    gy, gx = torch.meshgrid(patch_coordinates(h, scale), patch_coordinates(w, scale), indexing="ij")
     omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
     ox, oy = gx.flatten()[:, None] * omega, gy.flatten()[:, None] * omega
     return torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], 1)[None]
@@ -83,14 +98,16 @@ class ViT(nn.Module):
 
     def tokens(self, x, patch_size=0):
         """Patch tokens with position embeddings for this input's grid: [B, N, dim]. patch_size
-        other than the model's: the kernel is resized by Eq. 3's pseudo-inverse (flexi_patch)."""
-        if patch_size and patch_size != self.patch_size:
+        other than the model's: the kernel is resized by Eq. 3's pseudo-inverse (flexi_patch), and
+        the positions are those of the patch centres in units of the model's patch size."""
+        q = patch_size or self.patch_size
+        if q != self.patch_size:
             weight = resize_patch_embed(self.patch_embed.weight, patch_size)
             x = F.conv2d(x, weight, self.patch_embed.bias, stride=patch_size)
         else:
             x = self.patch_embed(x)
         b, d, h, w = x.shape
-        return x.flatten(2).transpose(1, 2) + sincos_2d(h, w, d).to(x)
+        return x.flatten(2).transpose(1, 2) + sincos_2d(h, w, d, q / self.patch_size).to(x)
 
     def encode(self, x):
         """Class-token feature of a token sequence [B, N, dim] (N free)."""

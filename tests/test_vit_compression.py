@@ -13,7 +13,7 @@ from accel import ca_mse, compression, cost, token_dropout
 from accel.flexi_patch import resize_patch, resize_patch_embed
 from common.config import ConfigError, _to_config
 from conftest import TINY, read_metrics, run
-from models.vit import ViT
+from models.vit import ViT, sincos_2d
 from test_methods import SMALL, small_overrides
 
 VIT_TINY = ["model.arch=vit_t16", "model.patch_size=8", "optim.name=adamw", "optim.lr=5e-4"]
@@ -52,12 +52,54 @@ def test_resized_model_tokens_on_upsampled_image_match_the_original():
     img = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     ref = vit.tokens(img)                                                # patch 8 at 32 px: 4 x 4 grid
     up = vit.tokens(_patchwise_upsample(img, 8, 12), patch_size=12)      # patch 12 at 48 px: same grid
-    assert up.shape == ref.shape and torch.allclose(up, ref, atol=1e-9)
+    # same patch embeddings; the positions differ (they say where the patch lies in pixels / 8)
+    pos8, pos12 = sincos_2d(4, 4, 192, 1.0).double(), sincos_2d(4, 4, 192, 1.5).double()
+    assert up.shape == ref.shape and torch.allclose(up - pos12, ref - pos8, atol=1e-9)
+    assert not torch.allclose(pos8, pos12, atol=1e-3)
     # nearest upsampling by an integer factor is the same patch-wise and on the whole image
     whole = torch.nn.functional.interpolate(img, scale_factor=2, mode="nearest")
     w16 = resize_patch_embed(vit.patch_embed.weight, 16, interpolation="nearest")
     tok = torch.nn.functional.conv2d(whole, w16, vit.patch_embed.bias, stride=16).flatten(2).transpose(1, 2)
     assert torch.allclose(tok, vit.patch_embed(img).flatten(2).transpose(1, 2), atol=1e-9)
+
+
+# ---- position codes follow the image under flexible patch sizes
+
+def _pos(vit, size, q):
+    """Position codes the ViT adds at patch size q on a size x size image [N, dim] (zero kernel and bias)."""
+    return vit.tokens(torch.zeros(1, 3, size, size), q)[0]
+
+
+def test_position_code_depends_on_where_the_patch_lies_not_on_its_grid_index():
+    vit = ViT("vit_t16", patch_size=16)
+    with torch.no_grad():
+        vit.patch_embed.weight.zero_()
+    # at the model's own patch size the codes are today's integer-grid table, at any resolution
+    for size in (96, 240):
+        n = size // 16
+        gy, gx = torch.meshgrid(torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32), indexing="ij")
+        omega = 1.0 / 10000.0 ** (torch.arange(48, dtype=torch.float32) / 48)
+        ox, oy = gx.flatten()[:, None] * omega, gy.flatten()[:, None] * omega
+        assert torch.equal(_pos(vit, size, 0), torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], 1))
+        assert torch.equal(_pos(vit, size, 16), _pos(vit, size, 0))
+    # same image location, different patch sizes, same code: the centre of the 48 px patch (1, 2)
+    # is the centre of the 16 px patch (4, 7); of the 32 px patch (1, 1) the centre of no 16 px patch
+    p16, p48, p32 = _pos(vit, 240, 16).view(15, 15, -1), _pos(vit, 240, 48).view(5, 5, -1), _pos(vit, 96, 32).view(3, 3, -1)
+    assert torch.allclose(p48[1, 2], p16[4, 7], atol=1e-6)
+    assert torch.allclose(p48[4, 4], p16[13, 13], atol=1e-6)
+    # 32 px patch (1, 1) on 96 px: centre at 48 px = 16 px patch 2.5 -> halfway between grid codes
+    assert torch.allclose(p32[1, 1], _centre_code(2.5, 2.5), atol=1e-6)
+    # patch 30 on 240 px: the bottom-right token sits at the bottom-right of the image (13.56),
+    # not at the code of the central 16 px token (7) that integer indices gave it
+    p30 = _pos(vit, 240, 30).view(8, 8, -1)
+    assert torch.allclose(p30[7, 7], _centre_code(7.5 * 30 / 16 - 0.5, 7.5 * 30 / 16 - 0.5), atol=1e-6)
+    assert (p30[7, 7] - p16[14, 14]).norm() < (p30[7, 7] - p16[7, 7]).norm()
+
+
+def _centre_code(y, x, dim=192):
+    omega = 1.0 / 10000.0 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    ox, oy = torch.tensor(float(x)) * omega, torch.tensor(float(y)) * omega
+    return torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()])
 
 
 # ---- token dropout
