@@ -8,6 +8,7 @@
 Re-running the same command with the same output_dir resumes from output_dir/checkpoint.pt.
 """
 import dataclasses
+import json
 import os
 import sys
 
@@ -17,7 +18,8 @@ from tqdm import tqdm
 
 from accel import compression, cost, hard_augment, progressive
 from common import dist, precision, rng, run, schedules
-from common.config import ConfigError, parse_cli
+from common import plan as planning
+from common.config import ConfigError, load_config, parse_cli
 from common.flops import FlopLedger
 from common.logger import LossWindow, RunLogger, write_run_files
 from common.optim import build_optimizer, set_weight_decay
@@ -34,6 +36,91 @@ DEFAULT_CONFIG = os.path.join(HERE, "yaml", "quickstart.yaml")
 
 def parse_config(argv):
     return parse_cli(argv, ssl_defaults(), DEFAULT_CONFIG, __doc__)
+
+
+def plan(cfg, config_file=None, baseline=True, count_flops=True):
+    """--plan: the run this config describes, without data or training (common/plan.py): steps and
+    epochs for the dataset its paper: section names, the schedules as stages, sample-cost units,
+    analytical PFLOPs (counted on meta tensors), and the speed-up against paper.baseline."""
+    check_config(cfg)
+    n_images, source = planning.dataset_size(cfg)
+    steps_per_epoch = n_images // cfg.train.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {n_images} training images")
+    model_key = json.dumps({k: cfg[k] for k in ("model", "method", "interloss")}, sort_keys=True, default=str)
+    model, blockwise = planning.meta_model(model_key, lambda: build_model(cfg))
+    sched = build_schedules(cfg, model, steps_per_epoch)
+    p, ha, batch = sched.plan, cfg.accel.hard_augment, cfg.train.batch_size
+    out = {"file": config_file, "script": "train_ssl.py", "method": cfg.method.name, "arch": cfg.model.arch,
+           "dataset": source, "train_images": n_images, "global_batch": batch, "steps_per_epoch": steps_per_epoch,
+           "steps": p.total_steps, "epochs": p.total_steps / steps_per_epoch,
+           "warmup_steps": schedules.warmup_steps_of(cfg.optim, p.total_steps, steps_per_epoch)}
+    # every step's cost is set by (resolution, compression stage): count each pair once, on meta tensors
+    groups = planning.runs(np.stack([sched.resolution, p.d_q, p.p_q, p.d_k, p.p_k], 1))
+    n_views, n_local = 2 if ha.enabled else cfg.data.num_views, cfg.data.local_views
+    train = selection = units = 0.0
+    for t, n in groups.values():
+        res = int(sched.resolution[t])
+        if p.vit:
+            units += n * p.units(t, res, batch, n_views, n_local)
+        if blockwise or not count_flops:   # blockwise: the cost depends on the block drawn each step
+            continue
+        f_train, f_sel = _step_flops(cfg, res, p.compression(t, torch.Generator()))
+        train, selection = train + n * batch * f_train, selection + n * batch * f_sel
+    if count_flops and not blockwise:
+        out["train_pflops"], out["selection_pflops"] = train / 1e15, selection / 1e15
+    if p.vit:
+        out["budget_M"] = units / 1e6
+    paper = cfg.get("paper") or {}
+    if baseline and paper.get("baseline") and config_file:
+        base_file = os.path.join(os.path.dirname(config_file), paper["baseline"])
+        base = plan(load_config(ssl_defaults(), base_file), base_file, baseline=False, count_flops=count_flops)
+        out.update(baseline=base_file, **planning.speedups(out, base))
+    lr = sched.lr / sched.base_lr if sched.base_lr else sched.lr
+    columns = {"lr/base": lr, "resolution": sched.resolution, "magnitude": sched.magnitude}
+    if sched.momentum is not None:
+        columns["momentum"] = sched.momentum
+    if p.active:
+        columns.update(drop=p.d_q, patch=p.p_q, key_drop=p.d_k, key_patch=p.p_k)
+    warm = np.arange(p.total_steps) < out["warmup_steps"]
+    stage_keys = ["resolution"] + (["drop", "patch", "key_drop", "key_patch"] if p.active else [])
+    out["stages"] = planning.stage_table(steps_per_epoch, dict(columns, warmup=warm), stage_keys + ["warmup"])
+    return out
+
+
+def _step_flops(cfg, res, compression):
+    """(training, selection) FLOPs per image of one step at `res` with this compression setting,
+    counted on meta tensors: Hard Augment's selection pass at r_sel, then the training step."""
+    ha, b = cfg.accel.hard_augment, 2
+    model_key = json.dumps({k: cfg[k] for k in ("model", "method", "interloss", "data")}, sort_keys=True, default=str)
+
+    def setup(views_res):
+        with torch.device("meta"):
+            model, _ = build_model(cfg)
+        model.prepare(1, 1)
+        model.begin_step(0)
+        views = planning.meta_inputs(ha.views if ha.enabled else cfg.data.num_views, b, views_res)
+        return model, views
+
+    def select(model, views):
+        return hard_augment.select(model, views, ha.r_sel, "hard", ha.extra_targets)
+
+    def train(model, views):
+        targets = None
+        if ha.enabled:   # the selection pass (counted above) picks the pair
+            views, targets, _ = select(model, views)
+        local = planning.meta_inputs(cfg.data.local_views, b, cfg.data.local_crop_size) or None
+        return model, views, targets, local
+
+    def forward_backward(model, views, targets, local):
+        model(views, targets=targets, local_views=local, compression=compression)["loss"].backward()
+
+    selection = planning.flops(("select", model_key, str(dict(ha))), select, lambda: setup(ha.r_sel)) if ha.enabled else 0.0
+    setting = None if compression is None else (compression.query.drop_ratio, compression.query.patch_size,
+                                                 compression.key.drop_ratio, compression.key.patch_size)
+    total = planning.flops(("train", model_key, str(dict(ha)), res, setting), forward_backward,
+                           lambda: train(*setup(res)))
+    return total / b, selection / b
 
 
 def check_config(cfg):
@@ -269,5 +356,12 @@ def main(cfg):
     logger.close()
 
 
+def cli(argv):
+    cfg, args = parse_cli(argv, ssl_defaults(), DEFAULT_CONFIG, __doc__, plan=True)
+    if args.plan:
+        return planning.print_plan(plan(cfg, args.config), args.json)
+    main(cfg)
+
+
 if __name__ == "__main__":
-    run.cli(lambda: main(parse_config(sys.argv[1:])))
+    run.cli(lambda: cli(sys.argv[1:]))

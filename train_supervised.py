@@ -24,12 +24,14 @@ import math
 import os
 import sys
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from accel import minibatch_selection as selection
 from common import dist, precision, rng, run, schedules
-from common.config import SHARED, ConfigError, compose, parse_cli
+from common import plan as planning
+from common.config import SHARED, ConfigError, compose, load_config, parse_cli
 from common.flops import FlopLedger
 from common.logger import LossWindow, RunLogger, write_run_files
 from common.optim import build_optimizer
@@ -81,6 +83,59 @@ SUPERVISED_DEFAULTS = compose(SHARED, model=SUPERVISED_MODEL, select=SELECT, ubn
 
 def parse_config(argv):
     return parse_cli(argv, SUPERVISED_DEFAULTS, DEFAULT_CONFIG, __doc__)
+
+
+def plan(cfg, config_file=None, baseline=True, count_flops=True):
+    """--plan (common/plan.py): steps of b images for the dataset paper.dataset names, the lr
+    stages, analytical training PFLOPs (counted on meta tensors) and the selection passes'
+    PFLOPs (Eq. 4.3's forward of b-bar images at r-hat on every step outside warm-up and
+    cool-down), and the speed-up against paper.baseline."""
+    sel = cfg.select
+    n_images, source = planning.dataset_size(cfg)
+    steps_per_epoch = n_images // cfg.train.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {n_images} training images")
+    total = cfg.train.epochs * steps_per_epoch
+    res, b = cfg.augment.resolution or cfg.data.crop_size, cfg.train.batch_size
+    classes = planning.CLASSES.get((cfg.get("paper") or {}).get("dataset"), 10)
+
+    def count(r, backward):
+        def fn(model, x):
+            out = model(x).sum()
+            if backward:
+                out.backward()
+        return planning.flops(("sup", str(cfg.model), classes, r, backward), fn, lambda: setup(r)) / 2
+
+    def setup(r):
+        with torch.device("meta"):
+            return build_classifier(cfg.model, classes), planning.meta_inputs(1, 2, r)[0]
+
+    t = np.arange(total)
+    phase = (np.zeros(total, dtype=int) if sel.method == "uniform" else
+             (~((t < sel.warmup_steps) | (t >= total - int(round(sel.cooldown_fraction * total))))).astype(int))
+    ranked = int(phase.sum())   # selection.uniform_phase over all steps, vectorised
+    b_bar = int(math.ceil(sel.large_batch_factor * b))
+    lr, _ = schedules.build_lr_schedule(cfg.optim, total, steps_per_epoch, 1.0)
+    out = {"file": config_file, "script": "train_supervised.py", "arch": cfg.model.arch, "select": sel.method,
+           "dataset": source, "train_images": n_images, "global_batch": b, "steps_per_epoch": steps_per_epoch,
+           "steps": total, "epochs": float(cfg.train.epochs), "ranked_steps": ranked}
+    if count_flops:
+        out["train_pflops"] = total * b * count(res, True) / 1e15
+        out["selection_pflops"] = ranked * b_bar * count(sel.resolution, False) / 1e15 if ranked else 0.0
+    paper = cfg.get("paper") or {}
+    if baseline and paper.get("baseline") and config_file:
+        base_file = os.path.join(os.path.dirname(config_file), paper["baseline"])
+        base = plan(load_config(SUPERVISED_DEFAULTS, base_file), base_file, baseline=False, count_flops=count_flops)
+        out.update(baseline=base_file, **planning.speedups(out, base))
+    out["stages"] = planning.stage_table(steps_per_epoch, {"lr/base": lr, "ranked": phase}, ["ranked"])
+    return out
+
+
+def cli(argv):
+    cfg, args = parse_cli(argv, SUPERVISED_DEFAULTS, DEFAULT_CONFIG, __doc__, plan=True)
+    if args.plan:
+        return planning.print_plan(plan(cfg, args.config), args.json)
+    main(cfg)
 
 
 def check_config(cfg, rt):
@@ -305,4 +360,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    run.cli(lambda: main(parse_config(sys.argv[1:])))
+    run.cli(lambda: cli(sys.argv[1:]))

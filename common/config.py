@@ -306,12 +306,18 @@ def save_config(cfg, path):
         yaml.safe_dump(cfg.to_dict() if isinstance(cfg, Config) else cfg, f, sort_keys=False)
 
 
-def parse_cli(argv, defaults, default_config, description):
+def parse_cli(argv, defaults, default_config, description, plan=False):
     """A script's command line: `--config FILE` (default `default_config`) and `key.sub=value`
-    overrides, in any order -> the resolved Config."""
+    overrides, in any order -> the resolved Config. plan=True also takes `--plan` / `--json`
+    (common/plan.py) and returns (Config, argparse namespace with .config, .plan, .json)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=default_config,
                    help=f"YAML experiment file (default: {os.path.relpath(default_config)})")
+    if plan:
+        p.add_argument("--plan", action="store_true", help="print the run's plan (steps, schedules, FLOPs, "
+                       "speed-up vs the file's baseline) without data or training, and exit")
+        p.add_argument("--json", action="store_true", help="with --plan: as JSON")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override a config value")
     args = p.parse_intermixed_args(argv)
-    return load_config(defaults, args.config, args.overrides)
+    cfg = load_config(defaults, args.config, args.overrides)
+    return (cfg, args) if plan else cfg

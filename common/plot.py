@@ -17,8 +17,9 @@ def _ticks(lo, hi, log):
     return [first + i * step for i in range(int((hi - first) / step) + 1)]
 
 
-def line_plot(path, series, title="", xlabel="", ylabel="", logx=False, vlines=(), size=(720, 440)):
-    """series: {label: (xs, ys)}; vlines: [(x, label)]. Non-finite points are skipped."""
+def line_plot(path, series, title="", xlabel="", ylabel="", logx=False, vlines=(), size=(720, 440), markers=False):
+    """series: {label: (xs, ys)}; vlines: [(x, label)]. Non-finite points are skipped. markers:
+    a dot at every point (a series of one point always gets one)."""
     w, h = size
     left, right, top, bottom = 70, 20, 30, 50
     pts = {k: [(x, y) for x, y in zip(*v) if math.isfinite(y) and (x > 0 or not logx)] for k, v in series.items()}
@@ -49,6 +50,9 @@ def line_plot(path, series, title="", xlabel="", ylabel="", logx=False, vlines=(
         c = COLOURS[i % len(COLOURS)]
         if len(p) > 1:
             d.line([(sx(x), sy(y)) for x, y in p], fill=c, width=2)
+        if markers or len(p) == 1:
+            for x, y in p:
+                d.ellipse([sx(x) - 4, sy(y) - 4, sx(x) + 4, sy(y) + 4], fill=c)
         d.text((left + 10, top + 5 + 14 * i), label, fill=c)
     for x, label in vlines:
         if (x > 0 or not logx) and x0 <= fx(x) <= x1:

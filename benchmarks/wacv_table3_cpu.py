@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""WACV'23 Table 3 (the contribution of each component) at CPU scale, then its report.
+
+Runs the six yaml/wacv/table3_*.yaml files as they are, with one set of CPU-scale overrides:
+CIFAR-10 JPEGs (the ImageFolder beside the repo), `--per-class` images per class at 32 px, a
+width-8 CIFAR-stem ResNet-18, batch 64, every length (epochs, F1-CLR warm-up) divided by
+`--scale`, and the 224 px resolutions mapped to 32 px as benchmarks/wacv_efficiency.py does
+(Super Progressive r_min 96 -> 16 in steps of 8, Hard Augment r_sel 64 -> 16). Each run keeps
+its file's paper: section, so report.py puts the paper's figures beside ours.
+
+    python benchmarks/wacv_table3_cpu.py                     # ~25 min on 2 CPU cores
+    python report.py runs/cpu/wacv_table3 --out benchmarks/reports/wacv_table3_cpu
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from common.config import load_config  # noqa: E402
+from selfsup.config import ssl_defaults  # noqa: E402
+
+ROWS = ["table3_ca", "table3_f1clr", "table3_ca_ha", "table3_f1clr_sp", "table3_f1clr_ha", "table3_f1clr_sp_ha"]
+CIFAR10 = os.path.join(REPO, "..", "shared", "datasets", "cifar10")
+
+
+def overrides(cfg, args, out):
+    epochs = max(1, round(cfg.train.epochs / args.scale))
+    return [f"data.root={CIFAR10}", f"data.subset_per_class={args.per_class}",
+            f"data.val_subset_per_class={max(1, args.per_class // 5)}", "data.crop_size=32", "data.eval_resize=32",
+            "data.eval_crop=32", "data.workers=1", "model.arch=resnet18", "model.cifar_stem=true",
+            f"model.width={args.width}", "train.batch_size=64", f"train.epochs={epochs}",
+            f"optim.warmup_epochs={cfg.optim.warmup_epochs * epochs / cfg.train.epochs:.4f}",
+            "augment.blur_prob=[0.0]", "accel.progressive.r_min=16", "accel.progressive.step=8",
+            "accel.hard_augment.r_sel=16", "knn.k=20", "knn.every_epochs=1", "train.ckpt_every_steps=0",
+            "train.log_every=5", f"train.threads={args.threads}", f"output_dir={out}"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--scale", type=float, default=80.0, help="divide every length by this")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=os.path.join(REPO, "runs", "cpu", "wacv_table3"))
+    args = p.parse_args()
+    for row in ROWS:
+        path = os.path.join(REPO, "yaml", "wacv", f"{row}.yaml")
+        out = os.path.join(args.out, row)
+        cmd = [sys.executable, "train_ssl.py", "--config", path] + overrides(load_config(ssl_defaults(), path), args, out)
+        print(" ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, cwd=REPO, check=True)
+
+
+if __name__ == "__main__":
+    main()
