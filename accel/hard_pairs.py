@@ -9,9 +9,11 @@ loss (Eq. 4) continues to the later blocks, which then process smaller maps. The
 pass runs without gradient and leaves BN running statistics alone (as Hard Augment's); the
 chosen crops are slices of the maps, so the gradient flows back through them.
 
-Crop positions: M positions per view, drawn uniformly over the valid top-left corners and
-shared by the samples of the batch; the choice of (p, q) is per sample. For momentum methods
-the target network's map is cropped at the same positions (a key describes the same region).
+Crop positions: M positions per view and per image (the paper crops each image), drawn uniformly
+over the valid top-left corners from the given generator in one batched draw, and cut out with
+one advanced-indexing gather (no loop over images); the choice of (p, q) is per sample. For
+momentum methods the target network's map is cropped at the same positions (a key describes the
+same region).
 
 Controls (Table 5): `easy` takes the argmin; `random` one pair at random; `hard_example`
 keeps whole maps and drops the easiest samples instead: it keeps ceil(crop^2 B) samples, the
@@ -33,18 +35,24 @@ def crop_size(h, w, crop):
     return max(1, int(round(crop * h))), max(1, int(round(crop * w)))
 
 
-def crop_positions(h, w, crop, m, generator):
-    """M top-left corners [(y, x)] of (ch, cw) crops of an h x w map, uniform over the valid range."""
+def crop_positions(b, h, w, crop, m, generator):
+    """Top-left corners of M (ch, cw) crops of an h x w map for each of b images, uniform over the
+    valid range: (ys [M, B], xs [M, B]) int64 tensors on the CPU, and (ch, cw)."""
     ch, cw = crop_size(h, w, crop)
-    ys = torch.randint(h - ch + 1, (m,), generator=generator).tolist()
-    xs = torch.randint(w - cw + 1, (m,), generator=generator).tolist()
-    return list(zip(ys, xs)), (ch, cw)
+    ys = torch.randint(h - ch + 1, (m, b), generator=generator)
+    xs = torch.randint(w - cw + 1, (m, b), generator=generator)
+    return (ys, xs), (ch, cw)
 
 
 def crops(x, positions, size):
-    """[M, B, C, ch, cw] crops of x [B, C, H, W] at `positions`."""
+    """[M, B, C, ch, cw] crops of x [B, C, H, W]: crop k of image i is
+    x[i, :, ys[k, i]:ys[k, i] + ch, xs[k, i]:xs[k, i] + cw]. One gather (differentiable)."""
+    ys, xs = (t.to(x.device) for t in positions)
     ch, cw = size
-    return torch.stack([x[:, :, y:y + ch, xx:xx + cw] for y, xx in positions])
+    rows = (ys[..., None] + torch.arange(ch, device=x.device))[..., :, None]     # [M, B, ch, 1]
+    cols = (xs[..., None] + torch.arange(cw, device=x.device))[..., None, :]     # [M, B, 1, cw]
+    img = torch.arange(x.shape[0], device=x.device)[None, :, None, None]         # [1, B, 1, 1]
+    return x.permute(0, 2, 3, 1)[img, rows, cols].permute(0, 1, 4, 2, 3)         # [M, B, ch, cw, C] -> [M, B, C, ch, cw]
 
 
 def choose(losses, pick, generator=None):
@@ -70,10 +78,11 @@ def crop_pair_losses(head, wrap, c1, c2):
 
 def select_crops(head, wrap, maps, targets, crop, m, pick, generator):
     """Eq. 4 for a pair of views: returns (online maps, target maps) of the chosen crops, the
-    chosen index per sample (p * M + q), the [B, M*M] losses and each view's crop positions.
-    maps, targets: per view [B, C, H, W] (targets None for methods without a momentum network)."""
-    h, w = maps[0].shape[-2:]
-    pos = [crop_positions(h, w, crop, m, generator) for _ in range(2)]
+    chosen index per sample (p * M + q), the [B, M*M] losses and each view's crop positions
+    (ys, xs), each [M, B]. maps, targets: per view [B, C, H, W] (targets None for methods without
+    a momentum network)."""
+    b, h, w = maps[0].shape[0], *maps[0].shape[-2:]
+    pos = [crop_positions(b, h, w, crop, m, generator) for _ in range(2)]
     oc = [crops(x, p, size) for x, (p, size) in zip(maps, pos)]
     tc = [None, None] if targets is None else [crops(t, p, size) for t, (p, size) in zip(targets, pos)]
     losses = crop_pair_losses(head, wrap, (oc[0], tc[0]), (oc[1], tc[1]))

@@ -51,7 +51,8 @@ def test_later_blocks_run_no_forward_get_no_gradient_and_keep_weights_and_state(
     hooks = [m.backbone.stage(i).register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
              for i in range(1, 5)]
     later = [p for i in range(block + 1, 5) for p in m.block_params(i)]
-    later += [p for i in range(1, 5) if i != block for p in m.heads[i - 1].parameters()]
+    later += [p for i in range(1, 5) if i != block for p in m.heads[i - 1].parameters()
+              if p.requires_grad]   # (SimCLR's output-BN shift is frozen at 0: never optimised)
     before = [p.detach().clone() for p in later]
     state = [opt.state[p]["momentum_buffer"].clone() for p in later]
     step_with_block(m, block, opt, views())
@@ -86,9 +87,9 @@ def test_gradients_equal_those_of_the_network_truncated_at_the_drawn_block():
 
 def test_crops_sizes_positions_and_hard_easy_choice_on_a_crafted_map():
     g = torch.Generator().manual_seed(0)
-    pos, size = hard_pairs.crop_positions(8, 8, 0.75, 50, g)
-    assert size == (6, 6) and all(0 <= y <= 2 and 0 <= x <= 2 for y, x in pos)
-    assert len(set(pos)) > 3                                          # positions vary
+    (ys, xs), size = hard_pairs.crop_positions(3, 8, 8, 0.75, 50, g)
+    assert size == (6, 6) and ys.shape == xs.shape == (50, 3)
+    assert ys.min() == 0 and ys.max() == 2 and xs.min() == 0 and xs.max() == 2   # every valid corner, none outside
 
     class Toy(torch.nn.Module):   # head: pooled online map; loss: squared difference of the means
         def embed(self, vs):
@@ -101,21 +102,45 @@ def test_crops_sizes_positions_and_hard_easy_choice_on_a_crafted_map():
     x1[0, :, :2, :2] = 8.0              # sample 0: a bright corner in view 1 ...
     x2 = torch.zeros(2, 1, 4, 4)
     x2[1, :, 2:, 2:] = 4.0              # sample 1: ... in view 2
-    c1 = hard_pairs.crops(x1, [(0, 0), (2, 2)], (2, 2))   # M = 2 crops per view, 2x2 each
-    c2 = hard_pairs.crops(x2, [(0, 0), (2, 2)], (2, 2))
+    corners = (torch.tensor([[0, 0], [2, 2]]), torch.tensor([[0, 0], [2, 2]]))   # [M, B]: both images alike
+    c1 = hard_pairs.crops(x1, corners, (2, 2))   # M = 2 crops per view, 2x2 each
+    c2 = hard_pairs.crops(x2, corners, (2, 2))
     losses = hard_pairs.crop_pair_losses(Toy(), BlockMaps, (c1, None), (c2, None))
     # sample 0: pairs (p, q) = (0, 0), (0, 1) have loss 64, the others 0; sample 1: (0, 1), (1, 1) are 16
     assert losses.tolist() == [[64.0, 64.0, 0.0, 0.0], [0.0, 16.0, 0.0, 16.0]]
     assert hard_pairs.choose(losses, "hard").tolist() == [0, 1]
     assert hard_pairs.choose(losses, "easy").tolist() == [2, 0]
     maps, _, choice, losses, positions = hard_pairs.select_crops(Toy(), BlockMaps, [x1, x2], None, 0.5, 2, "hard", g)
-    b = torch.arange(2)
-    for k in range(2):                    # the returned maps are the chosen crops
+    for k in range(2):                    # the returned maps are the chosen crops, at image k's own positions
         p, q = choice[k] // 2, choice[k] % 2
-        (y1, z1), (y2, z2) = positions[0][p], positions[1][q]
+        y1, z1 = positions[0][0][p, k], positions[0][1][p, k]
+        y2, z2 = positions[1][0][q, k], positions[1][1][q, k]
         assert torch.equal(maps[0][k], x1[k, :, y1:y1 + 2, z1:z1 + 2]) and torch.equal(maps[1][k], x2[k, :, y2:y2 + 2, z2:z2 + 2])
         assert losses[k, choice[k]] == losses[k].max()
-    del b
+
+
+def test_crop_positions_are_drawn_per_image_and_each_crop_is_its_own_image_slice():
+    """The paper crops each image: images of one batch get their own positions (one batched draw,
+    reproducible from the generator), and crop k of image i is image i's slice at its own corner."""
+    x = torch.arange(4 * 2 * 10 * 9, dtype=torch.float32).view(4, 2, 10, 9).requires_grad_(True)
+    pos, size = hard_pairs.crop_positions(4, 10, 9, 0.5, 3, torch.Generator().manual_seed(5))
+    again, _ = hard_pairs.crop_positions(4, 10, 9, 0.5, 3, torch.Generator().manual_seed(5))
+    assert size == (5, 4) and all(torch.equal(a, b) for a, b in zip(pos, again))
+    ys, xs = pos
+    assert (ys.max() <= 5) and (xs.max() <= 5) and ys.min() >= 0 and xs.min() >= 0
+    assert all((ys[:, i] != ys[:, 0]).any() or (xs[:, i] != xs[:, 0]).any() for i in range(1, 4))   # per image
+    c = hard_pairs.crops(x, pos, size)
+    assert c.shape == (3, 4, 2, 5, 4)
+    for k in range(3):
+        for i in range(4):
+            y, z = int(ys[k, i]), int(xs[k, i])
+            assert torch.equal(c[k, i], x[i, :, y:y + 5, z:z + 4])
+    c.sum().backward()                    # gradient reaches exactly the cropped pixels, once per crop
+    counts = torch.zeros(4, 10, 9)
+    for k in range(3):
+        for i in range(4):
+            counts[i, ys[k, i]:ys[k, i] + 5, xs[k, i]:xs[k, i] + 4] += 1
+    torch.testing.assert_close(x.grad, counts[:, None].expand(4, 2, 10, 9))
 
 
 def test_hard_example_keeps_the_matching_fraction_of_the_hardest_samples():
