@@ -9,6 +9,8 @@ to 1 in 200 steps). At every step the training loss and the method's loss on a f
 batch (views drawn once) are recorded and smoothed; the test stops early once the training loss
 diverges. Suggested range: min = where the smoothed validation loss has made 10 % of its total
 drop (it "starts to decrease"), max = where it is lowest (past it, it starts to diverge).
+Parameter groups with fix_lr=True (SimSiam's predictor with fix_pred_lr) are not swept: they keep
+the base learning rate of the config (optim.lr, scaled as train_ssl.py scales it), as in training.
 Writes OUTPUT_DIR/lr_finder.csv, lr_finder.png and lr_finder.json.
 """
 import csv
@@ -70,6 +72,17 @@ def suggest(lrs, smoothed_val):
     return float(lrs[i_start]), float(lrs[i_min])
 
 
+def base_lr(cfg):
+    """optim.lr as train_ssl.py's schedules use it: x global batch / 256 with optim.lr_scaling=linear."""
+    return cfg.optim.lr * (cfg.train.batch_size / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
+
+
+def set_lr(optimizer, lr, fixed_lr):
+    """The swept lr on every group, except fix_lr groups, which keep fixed_lr; times each group's lr_mult."""
+    for g in optimizer.param_groups:
+        g["lr"] = (fixed_lr if g.get("fix_lr") else lr) * g.get("lr_mult", 1.0)
+
+
 def range_test(train_step, val_loss, lrs, beta=0.9, factor=4.0, margin=0.5):
     """Run train_step(lr) -> loss and val_loss() -> loss for each lr until the training loss
     diverges. Returns dict of lists: lr, train, val, train_smooth, val_smooth."""
@@ -107,6 +120,7 @@ def main(cfg):
     optimizer = build_optimizer(cfg.optim.name, model.param_groups(), lf.lr_start, cfg.optim.momentum,
                                 cfg.optim.weight_decay)
     model.prepare(lf.steps, sampler.steps_per_epoch)
+    fixed_lr = base_lr(cfg)                      # for fix_lr groups only
     batches = iter(())
     epoch, step = 0, 0
 
@@ -118,8 +132,7 @@ def main(cfg):
             epoch += 1
             batches = iter(loader)
             batch = next(batches)
-        for g in optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_mult", 1.0)
+        set_lr(optimizer, lr, fixed_lr)
         model.begin_step(step)
         views = augment(batch["views"].to(device), batch["rand"].to(device), cfg.augment.magnitude, resolution)
         local_views = None

@@ -5,8 +5,12 @@ import os
 import numpy as np
 import pytest
 
+import selfsup
+from common.config import _to_config
+from common.optim import build_optimizer
 from conftest import TINY, run
-from lr_finder import ema, exponential_lrs, range_test, suggest
+from lr_finder import base_lr, ema, exponential_lrs, parse_config, range_test, set_lr, suggest
+from models.resnet import ResNet
 
 
 def test_exponential_lrs_and_ema():
@@ -61,3 +65,24 @@ def test_lr_finder_script_writes_csv_plot_and_suggestion(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == res["steps_run"] and float(rows[0]["lr"]) == pytest.approx(1e-3)
     assert os.path.getsize(os.path.join(out, "lr_finder.png")) > 1000
+
+
+@pytest.mark.parametrize("fix_pred_lr", [True, False])
+def test_fixed_lr_groups_keep_the_base_lr_during_the_sweep(fix_pred_lr):
+    """SimSiam's predictor (fix_pred_lr, its lr_mult) is not swept: it keeps optim.lr x batch / 256."""
+    cfg = parse_config(["optim.lr=0.05", "train.batch_size=128", "optim.lr_scaling=linear"])
+    assert base_lr(cfg) == pytest.approx(0.025)
+    assert base_lr(parse_config(["optim.lr=0.05", "train.batch_size=128", "optim.lr_scaling=none"])) == 0.05
+    mcfg = _to_config(selfsup.method_defaults())
+    mcfg.name = "simsiam"
+    mcfg.simsiam.update(proj_dim=16, pred_hidden=8, fix_pred_lr=fix_pred_lr, pred_lr_mult=2.0)
+    model = selfsup.build_method(mcfg, ResNet("resnet18", width=4, cifar_stem=True))
+    opt = build_optimizer("sgd", model.param_groups(), 1e-3, 0.9, 0.0)
+    pred = {id(p) for p in model.predictor.parameters()}
+    for lr in exponential_lrs(1e-3, 1.0, 5):
+        set_lr(opt, lr, base_lr(cfg))
+        for g in opt.param_groups:
+            is_pred = all(id(p) in pred for p in g["params"])
+            expected = (0.025 if fix_pred_lr else lr) * 2.0 if is_pred else lr
+            assert g["lr"] == pytest.approx(expected)
+    assert sum(all(id(p) in pred for p in g["params"]) for g in opt.param_groups) == 1
