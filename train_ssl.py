@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from accel import compression, cost, hard_augment, progressive
+from accel import compression, cost, hard_augment, online_camse, progressive
 from common import dist, precision, rng, run, schedules
 from common import plan as planning
 from common.config import ConfigError, load_config, parse_cli
@@ -94,13 +94,12 @@ def _step_flops(cfg, res, compression):
     ha, b = cfg.accel.hard_augment, 2
     model_key = json.dumps({k: cfg[k] for k in ("model", "method", "interloss", "data")}, sort_keys=True, default=str)
 
-    def setup(views_res):
-        with torch.device("meta"):
+    def setup(views_res, device):
+        with torch.device(device):
             model, _ = build_model(cfg)
         model.prepare(1, 1)
         model.begin_step(0)
-        views = planning.meta_inputs(ha.views if ha.enabled else cfg.data.num_views, b, views_res)
-        return model, views
+        return model, planning.inputs(ha.views if ha.enabled else cfg.data.num_views, b, views_res, device)
 
     def select(model, views):
         return hard_augment.select(model, views, ha.r_sel, "hard", ha.extra_targets)
@@ -109,17 +108,18 @@ def _step_flops(cfg, res, compression):
         targets = None
         if ha.enabled:   # the selection pass (counted above) picks the pair
             views, targets, _ = select(model, views)
-        local = planning.meta_inputs(cfg.data.local_views, b, cfg.data.local_crop_size) or None
+        local = planning.inputs(cfg.data.local_views, b, cfg.data.local_crop_size, views[0].device) or None
         return model, views, targets, local
 
     def forward_backward(model, views, targets, local):
         model(views, targets=targets, local_views=local, compression=compression)["loss"].backward()
 
-    selection = planning.flops(("select", model_key, str(dict(ha))), select, lambda: setup(ha.r_sel)) if ha.enabled else 0.0
+    selection = planning.flops(("select", model_key, str(dict(ha))), select,
+                               lambda device: setup(ha.r_sel, device)) if ha.enabled else 0.0
     setting = None if compression is None else (compression.query.drop_ratio, compression.query.patch_size,
                                                  compression.key.drop_ratio, compression.key.patch_size)
     total = planning.flops(("train", model_key, str(dict(ha)), res, setting), forward_backward,
-                           lambda: train(*setup(res)))
+                           lambda device: train(*setup(res, device)))
     return total / b, selection / b
 
 
@@ -147,6 +147,7 @@ class Schedules:
     resolution: np.ndarray          # Super Progressive Learning (WACV'23 sec. 3.2)
     magnitude: np.ndarray
     plan: compression.CompressionPlan   # NeurIPS'24 sequence compression and run length
+    raw: tuple                          # (lr, momentum, weight decay) before following the budget
 
     def apply(self, optimizer, step):
         for g in optimizer.param_groups:
@@ -156,21 +157,38 @@ class Schedules:
         if self.weight_decay is not None:
             set_weight_decay(optimizer, float(self.weight_decay[step]))
 
+    def replanned(self, model):
+        """Online CA-MSE re-made the plan (accel/online_camse.py): re-sample what follows the budget
+        at the new fractions, and the method's per-step arrays (EMA momentum) at the new length.
+        (train.budget needs accel.progressive.mode=none: resolution and magnitude are constant.)"""
+        self.lr, self.momentum, self.weight_decay = map(self.plan.follow, self.raw)
+        n = self.plan.total_steps
+        self.resolution, self.magnitude = np.full(n, self.resolution[0]), np.full(n, self.magnitude[0])
+        model.prepare(n, self.plan.steps_per_epoch)
+
+    def resume(self, plan_state, model):
+        """Replay a checkpoint's online switches (none: nothing to do)."""
+        if plan_state and plan_state.get("switches"):
+            self.plan.load_state_dict(plan_state)
+            self.replanned(model)
+
 
 def build_schedules(cfg, model, steps_per_epoch):
     # train.epochs, or train.budget sample-cost units (accel/compression.py), fixes the step count
     plan = compression.CompressionPlan(cfg, model, steps_per_epoch, cfg.train.batch_size)
+    cfg.accel.compression.illustrative = plan.illustrative   # recorded in config.yaml
     total = plan.total_steps
     base_lr = cfg.optim.lr * (cfg.train.batch_size / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
     lr, momentum = schedules.build_lr_schedule(cfg.optim, total, steps_per_epoch, base_lr)
     wd = None if cfg.optim.weight_decay_end is None else \
         schedules.cosine(total, cfg.optim.weight_decay, float(cfg.optim.weight_decay_end))
     # with a budget, warm-up and decay follow the fraction of budget spent (identity otherwise)
-    lr, momentum, wd = map(plan.follow, (lr, momentum, wd))
+    raw = (lr, momentum, wd)
+    lr, momentum, wd = map(plan.follow, raw)
     warmup = schedules.warmup_steps_of(cfg.optim, total, steps_per_epoch)
     res, mag = progressive.build_progressive(cfg.accel.progressive, total, warmup,
                                              cfg.augment.resolution or cfg.data.crop_size, cfg.augment.magnitude)
-    return Schedules(base_lr, lr, momentum, wd, res, mag, plan)
+    return Schedules(base_lr, lr, momentum, wd, res, mag, plan, raw)
 
 
 def train_step(cfg, model, ddp, batch, optimizer, scaler, augment, sched, ledger, step, device):
@@ -194,6 +212,9 @@ def train_step(cfg, model, ddp, batch, optimizer, scaler, augment, sched, ledger
                 model, views, ha.r_sel, ha.pick, ha.extra_targets,
                 rng.generator(cfg.train.seed, rng.Stream.HARD_AUGMENT, step, dist.rank()))
     plan = sched.plan
+    if plan.due(step):  # online CA-MSE: re-estimate on this batch, switch, re-plan the remaining budget
+        online_camse.reestimate(model, plan, views, local_views, step, cfg.train.seed, ledger)
+        sched.replanned(model)
     seq = plan.compression(step, rng.generator(cfg.train.seed, rng.Stream.COMPRESSION, step, dist.rank()))
     with ledger.count(("train", res, len(views), b, targets is not None) + model.ledger_key() + plan.key(step)):
         with autocast:
@@ -218,6 +239,8 @@ def step_metrics(cfg, model, optimizer, sched, ledger, step):
         out["budget_units"] = ledger.global_total("budget_units")
         if sched.plan.active:
             out.update(zip(("drop_ratio", "patch_size", "key_drop_ratio", "key_patch_size"), sched.plan.stage(step - 1)))
+        if sched.plan.online:  # the estimates' own passes, not charged to the budget
+            out["online_units"] = ledger.global_total("online_units")
     if "momentum" in optimizer.param_groups[0]:  # SGD / LARS (AdamW has betas)
         out["momentum"] = optimizer.param_groups[0]["momentum"]
     if sched.weight_decay is not None:
@@ -234,6 +257,8 @@ def run_summary(cfg, sched, ledger, local_batch):
                                           local_batch, cfg.accel.hard_augment))
     if sched.plan.vit:
         out["budget_units"] = ledger.global_total("budget_units")
+    if sched.plan.online:
+        out["online_units"] = ledger.global_total("online_units")
     return out
 
 
@@ -278,22 +303,23 @@ def main(cfg):
     steps_per_epoch = sampler.steps_per_epoch
     sched = build_schedules(cfg, model, steps_per_epoch)
     sampler.set_sizes(sched.resolution)  # the loader crops at each step's resolution (no 224 -> 96 resample)
-    total_steps, n_epochs = sched.plan.total_steps, sched.plan.epochs
     optimizer = build_optimizer(cfg.optim.name, model.param_groups(), sched.base_lr, cfg.optim.momentum,
                                 cfg.optim.weight_decay)
-    model.prepare(total_steps, steps_per_epoch)  # the method's own per-step arrays (EMA momentum, temperatures)
+    model.prepare(sched.plan.total_steps, steps_per_epoch)  # the method's own per-step arrays (EMA momentum, temperatures)
     scaler, ledger = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16), FlopLedger()
 
     # ---- resume
     ckpt = run.Checkpointer(cfg.output_dir, rt, cfg)
     state = ckpt.restore(model=model, optimizer=optimizer, scaler=scaler, ledger=ledger)
+    sched.resume(state.get("plan"), model)  # online CA-MSE's switches
     step, knn_start = state.get("step", 0), state.get("knn_start")
     logger = RunLogger(cfg.output_dir, rt.is_main, resume_step=step)
     if rt.is_main:
         write_run_files(cfg.output_dir, cfg, git_commit=ckpt.commit, world_size=rt.world, device=str(device),
                         train_images=train_images.description, val_images=val_images.description)
-        logger.print(f"{cfg.method.name} on {train_images.description}; {rt.world} rank(s) x {local_batch} images, "
-                     f"{steps_per_epoch} steps/epoch, {total_steps} steps, lr {sched.base_lr:g}; output {cfg.output_dir}")
+        logger.print("\n".join([f"{cfg.method.name} on {train_images.description}; {rt.world} rank(s) x {local_batch} "
+                                f"images, {steps_per_epoch} steps/epoch, {sched.plan.total_steps} steps, lr "
+                                f"{sched.base_lr:g}; output {cfg.output_dir}", *sched.plan.warnings()]))  # + warnings
 
     def knn():
         return knn_top1(model.eval_backbone(), *knn_loaders, augment, device, num_classes,
@@ -301,21 +327,21 @@ def main(cfg):
 
     def save(epoch, snapshot=None):
         ckpt.save(snapshot, model=model, backbone=model.eval_backbone(), optimizer=optimizer, scaler=scaler,
-                  ledger=ledger, step=step, epoch=epoch, knn_start=knn_start)
+                  ledger=ledger, step=step, epoch=epoch, knn_start=knn_start, plan=sched.plan)
 
     if step == 0:
         knn_start = knn()
         logger.log({"epoch": 0.0, "knn_top1": knn_start}, step=0)
         logger.print(f"kNN top-1 at start (random init): {knn_start:.2f}%")
-    if step >= total_steps:
-        logger.print(f"{ckpt.path} is already at the last step ({total_steps}); nothing to train")
+    if step >= sched.plan.total_steps:
+        logger.print(f"{ckpt.path} is already at the last step ({sched.plan.total_steps}); nothing to train")
         return
 
     # ---- the loop: an explicit pass over each epoch's batches
     stop = run.StopFlag(device)
-    bar = tqdm(total=total_steps, initial=step, disable=not rt.is_main, dynamic_ncols=True, mininterval=2)
+    bar = tqdm(total=sched.plan.total_steps, initial=step, disable=not rt.is_main, dynamic_ncols=True, mininterval=2)
     window = LossWindow(device)
-    for epoch in range(step // steps_per_epoch, n_epochs):
+    for epoch in sched.plan.epoch_range(step // steps_per_epoch):  # online CA-MSE may change the length
         sampler.set_epoch(epoch, skip_steps=step - epoch * steps_per_epoch)
         model.train()
         for batch in loader:
@@ -327,7 +353,7 @@ def main(cfg):
             step += 1
             window.add(loss)
             bar.update(1)
-            if step % cfg.train.log_every == 0 or step == total_steps:
+            if step % cfg.train.log_every == 0 or step == sched.plan.total_steps:
                 mean_loss, ips = window.flush(cfg.train.batch_size)
                 logger.log({"epoch": step / steps_per_epoch, "loss": mean_loss, **shown, "images_per_s": ips,
                             **step_metrics(cfg, model, optimizer, sched, ledger, step)}, step)
@@ -339,19 +365,23 @@ def main(cfg):
                 bar.close()
                 logger.close()
                 raise run.Stopped(step, stop.signum if stop_requested else None)
-            if step >= total_steps:  # a train.budget run ends inside its last epoch
+            if step >= sched.plan.total_steps:  # a train.budget run ends inside its last epoch
                 break
         done = epoch + 1
-        if cfg.knn.every_epochs and done % cfg.knn.every_epochs == 0 and done < n_epochs:
+        if cfg.knn.every_epochs and done % cfg.knn.every_epochs == 0 and done < sched.plan.epochs:
             logger.log({"epoch": float(done), "knn_top1": knn()}, step)
         snap = cfg.train.snapshot_every_epochs and done % cfg.train.snapshot_every_epochs == 0
         save(done, snapshot=f"ckpt_{done:04d}.pt" if snap else None)
     bar.close()
 
-    summary = {"epoch": step / steps_per_epoch, "knn_top1": knn(), "knn_start": knn_start,
-               **run_summary(cfg, sched, ledger, local_batch)}
+    finish(cfg, sched, ledger, local_batch, logger, step / steps_per_epoch, knn(), knn_start, step)
+
+
+def finish(cfg, sched, ledger, local_batch, logger, epoch, knn_end, knn_start, step):
+    """The run's last line of metrics.jsonl and its summary line."""
+    summary = {"epoch": epoch, "knn_top1": knn_end, "knn_start": knn_start, **run_summary(cfg, sched, ledger, local_batch)}
     logger.log(summary, step)
-    logger.print(f"kNN top-1: {knn_start:.2f}% at start -> {summary['knn_top1']:.2f}% after {summary['epoch']:g} "
+    logger.print(f"kNN top-1: {knn_start:.2f}% at start -> {knn_end:.2f}% after {epoch:g} "
                  f"epochs ({summary['train_pflops']:.4g} training PFLOPs)")
     logger.close()
 

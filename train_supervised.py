@@ -26,6 +26,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
 
 from accel import minibatch_selection as selection
@@ -104,11 +105,11 @@ def plan(cfg, config_file=None, baseline=True, count_flops=True):
             out = model(x).sum()
             if backward:
                 out.backward()
-        return planning.flops(("sup", str(cfg.model), classes, r, backward), fn, lambda: setup(r)) / 2
+        return planning.flops(("sup", str(cfg.model), classes, r, backward), fn, lambda device: setup(r, device)) / 2
 
-    def setup(r):
-        with torch.device("meta"):
-            return build_classifier(cfg.model, classes), planning.meta_inputs(1, 2, r)[0]
+    def setup(r, device):
+        with torch.device(device):
+            return build_classifier(cfg.model, classes), planning.inputs(1, 2, r, device)[0]
 
     t = np.arange(total)
     phase = (np.zeros(total, dtype=int) if sel.method == "uniform" else
@@ -181,7 +182,7 @@ def selection_losses(model, images, labels, resolution, amp_dtype=None):
         return F.cross_entropy(model(small), labels, reduction="none")
 
 
-def choose_minibatch(model, images, labels, step, total_steps, cfg, rt, sb, ledger):
+def choose_minibatch(model, images, labels, step, total_steps, cfg, rt, ledger):
     """Indices of the b images (of the local large batch) to train on, and whether they were
     ranked. Uniform phases (select.method=uniform, warm-up, cool-down) take the first b: the large
     batch is already a uniform draw. Otherwise the losses at r-hat pick them (Algorithm 3)."""
@@ -193,10 +194,30 @@ def choose_minibatch(model, images, labels, step, total_steps, cfg, rt, sb, ledg
     g = rng.generator(cfg.train.seed, rng.Stream.MINIBATCH, step, rt.rank)
     if sel.method == "fast":
         return selection.select(losses, local_b, sel.beta, g), True
-    if sel.method == "greedy":
-        return selection.select_greedy(losses, local_b), True
-    idx = sb.select(losses, g)[:local_b]   # Selective-Backprop keeps a variable number; at most b are trained on
-    return (idx if len(idx) else losses.argmax().view(1)), True
+    return selection.select_greedy(losses, local_b), True
+
+
+def selective_backprop_batch(model, batches, views, step, total_steps, cfg, rt, sb, buffer, ledger):
+    """Selective-Backprop (Jiang et al. 2019): each loader batch's samples are kept with probability
+    CDF(loss)^beta and appended to `buffer`; loader batches are consumed until it holds b (this
+    rank's share), and the step trains on exactly b of them, the rest carried to the next step.
+    Warm-up and cool-down: the first b of one loader batch, the buffer emptied. Returns (x, y, ranked)."""
+    sel, local_b = cfg.select, cfg.train.batch_size // rt.world
+    if selection.uniform_phase(step, total_steps, sel.warmup_steps, sel.cooldown_fraction):
+        buffer.clear()
+        images, labels = views(next(batches))
+        buffer.batches += 1
+        return images[:local_b], labels[:local_b], False
+    while len(buffer) < local_b:
+        images, labels = views(next(batches))
+        with ledger.count(("select", sel.resolution, len(images)), kind="selection"):
+            losses = selection_losses(model, images, labels, sel.resolution, precision.AMP_DTYPES[cfg.train.amp])
+        g = rng.generator(cfg.train.seed, rng.Stream.MINIBATCH, buffer.batches, rt.rank)   # per loader batch
+        keep = sb.select(losses, g)
+        buffer.add(images[keep], labels[keep])
+        buffer.batches += 1
+    x, y = buffer.take(local_b)
+    return x, y, True
 
 
 def set_schedules(optimizer, step, lr_schedule, momentum_schedule):
@@ -207,8 +228,10 @@ def set_schedules(optimizer, step, lr_schedule, momentum_schedule):
             g["momentum"] = float(momentum_schedule[step])
 
 
-def train_step(cfg, rt, model, ddp, batch, unlabeled, optimizer, scaler, augment, sb, ledger, step, total_steps):
-    """One step on b images chosen from the large batch; with UBN, BN statistics of {x, u}, then
+def train_step(cfg, rt, model, ddp, batches, unlabeled, optimizer, scaler, augment, sb, buffer, ledger, step,
+               total_steps):
+    """One step on b images chosen from the large batch (Selective-Backprop: from its buffer,
+    filled from as many loader batches as it takes); with UBN, BN statistics of {x, u}, then
     forward-backward of x alone. Returns the loss (detached) and whether the batch was ranked."""
     amp_dtype, res, dev = precision.AMP_DTYPES[cfg.train.amp], cfg.augment.resolution or cfg.data.crop_size, rt.device
 
@@ -216,11 +239,18 @@ def train_step(cfg, rt, model, ddp, batch, unlabeled, optimizer, scaler, augment
         return augment(b["views"].to(dev, non_blocking=True), b["rand"].to(dev, non_blocking=True),
                        cfg.augment.magnitude, res, cfg.train.channels_last)[0]
 
-    images, labels = views(batch), batch["label"].to(dev, non_blocking=True)
-    idx, ranked = choose_minibatch(model, images, labels, step, total_steps, cfg, rt, sb, ledger)
-    x, y = images[idx], labels[idx]
+    def labeled_views(b):
+        return views(b), b["label"].to(dev, non_blocking=True)
+
+    if cfg.select.method == "selective_backprop":
+        x, y, ranked = selective_backprop_batch(model, batches, labeled_views, step, total_steps, cfg, rt, sb,
+                                                buffer, ledger)
+    else:
+        images, labels = labeled_views(next(batches))
+        idx, ranked = choose_minibatch(model, images, labels, step, total_steps, cfg, rt, ledger)
+        x, y = images[idx], labels[idx]
     u = views(unlabeled) if unlabeled is not None else None
-    with ledger.count(("train", res, len(idx)) + ((len(u),) if u is not None else ())):
+    with ledger.count(("train", res, len(y)) + ((len(u),) if u is not None else ())):
         with precision.autocast(dev, amp_dtype):
             out = ubn.forward(ddp, x, u, cfg.ubn.grad_through_stats) if u is not None else ddp(x)
             loss = F.cross_entropy(out, y)
@@ -289,12 +319,21 @@ def main(cfg):
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     ledger = FlopLedger()
     sb = selection.SelectiveBackprop(sel.sb_history, sel.beta)
+    buffer = selection.SelectedBuffer()   # Selective-Backprop: selected samples waiting for a full batch
 
     # ---- resume
     ckpt = run.Checkpointer(cfg.output_dir, rt, cfg)
     state = ckpt.restore(model=model, optimizer=optimizer, scaler=scaler, ledger=ledger)
     step, best = state.get("step", 0), state.get("best_top1", 0.0)
-    sb.recent = state.get("sb_recent", sb.recent)
+    if "sb_state" in state:   # per rank: loss history, buffer of selected samples, loader batches consumed
+        if len(state["sb_state"]) != rt.world:
+            raise ConfigError(f"{ckpt.path} holds Selective-Backprop state of {len(state['sb_state'])} rank(s); "
+                              f"resume it with as many")
+        mine = state["sb_state"][rt.rank]
+        sb.recent = mine["recent"]
+        buffer.load_state_dict(mine["buffer"], device)
+    elif sel.method == "selective_backprop":
+        buffer.batches = step
     logger = RunLogger(cfg.output_dir, rt.is_main, resume_step=step)
     if rt.is_main:
         write_run_files(cfg.output_dir, cfg, git_commit=ckpt.commit, world_size=rt.world)
@@ -303,14 +342,24 @@ def main(cfg):
                  f"{f', unlabeled {local_u}' if cfg.ubn.enabled else ''}), {total_steps} steps, lr {lr:g}; "
                  f"output {cfg.output_dir}")
 
+    def sb_state():   # every rank's Selective-Backprop state, gathered for rank 0's checkpoint (a collective)
+        mine = {"recent": sb.recent, "buffer": buffer.state_dict()}
+        if rt.world == 1:
+            return [mine]
+        every = [None] * rt.world
+        tdist.all_gather_object(every, mine)
+        return every
+
     def save():   # checkpoint.pt; at the end of every snapshot_every_epochs-th epoch also ckpt_EPOCH.pt
         epoch, every = step // steps_per_epoch, cfg.train.snapshot_every_epochs
         snapshot = every and step % steps_per_epoch == 0 and epoch % every == 0
+        extra = {"sb_state": sb_state()} if sel.method == "selective_backprop" else {}
         ckpt.save(snapshot=f"ckpt_{epoch:04d}.pt" if snapshot else None, model=model, optimizer=optimizer,
-                  scaler=scaler, ledger=ledger, step=step, best_top1=best, sb_recent=sb.recent)
+                  scaler=scaler, ledger=ledger, step=step, best_top1=best, **extra)
 
     # ---- loop
-    batches = run.stream(loader, sampler, step)
+    # Selective-Backprop consumes a variable number of loader batches per step: its own count
+    batches = run.stream(loader, sampler, buffer.batches if sel.method == "selective_backprop" else step)
     unlabeled = run.stream(u_loader, u_sampler, step) if cfg.ubn.enabled else None
     stop = run.StopFlag(device)
     eval_every = max(1, int(round(sel.eval_every_epochs * steps_per_epoch)))
@@ -319,7 +368,7 @@ def main(cfg):
     while step < total_steps and reached is None:
         set_schedules(optimizer, step, lr_schedule, momentum_schedule)
         u_batch = next(unlabeled) if unlabeled is not None else None
-        loss, ranked = train_step(cfg, rt, model, ddp, next(batches), u_batch, optimizer, scaler, augment, sb,
+        loss, ranked = train_step(cfg, rt, model, ddp, batches, u_batch, optimizer, scaler, augment, sb, buffer,
                                   ledger, step, total_steps)
         stop_requested, diverged = stop.check(loss)   # every rank, every step: all stop at the same step
         if diverged:

@@ -62,7 +62,9 @@ def gather_others(outs, pairs, choice):
     chosen = torch.tensor(pairs, device=choice.device)[choice]
     keep = torch.ones(bsz, n, dtype=torch.bool, device=choice.device)
     keep[torch.arange(bsz, device=choice.device)[:, None], chosen] = False
-    others = keep.nonzero()[:, 1].view(bsz, n - 2)            # ascending view indices per sample
+    # ascending view indices per sample (a stable sort puts the kept ones first, in order; unlike
+    # nonzero() its output shape does not depend on the values, so --plan can count it on meta tensors)
+    others = torch.sort(keep.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :n - 2]
     b = torch.arange(bsz, device=choice.device)
     return [_gather_view(outs, others[:, k], b) for k in range(n - 2)]
 

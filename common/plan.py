@@ -43,13 +43,20 @@ def dataset_size(cfg):
 _FLOPS = {}
 
 
-def flops(key, fn, setup=None):
-    """FLOPs of fn(*setup()) (forward and whatever backward it runs), counted once per key; setup
-    (uncounted) builds the model and inputs on the meta device, so nothing is computed."""
+def flops(key, fn, setup):
+    """FLOPs of fn(*setup(device)) (forward and whatever backward it runs), counted once per key;
+    setup (uncounted) builds the model and inputs on `device`: the meta device first, so nothing
+    is computed; the CPU (a real, small computation) for the rare code that needs values."""
     if key not in _FLOPS:
-        args = setup() if setup is not None else ()
-        with FlopCounterMode(display=False) as counter:
-            fn(*args)
+        for device in ("meta", "cpu"):
+            try:
+                args = setup(device)
+                with FlopCounterMode(display=False) as counter:
+                    fn(*args)
+                break
+            except (NotImplementedError, RuntimeError):
+                if device == "cpu":
+                    raise
         _FLOPS[key] = float(counter.get_total_flops())
     return _FLOPS[key]
 
@@ -127,5 +134,6 @@ def speedups(plan, base):
     return out
 
 
-def meta_inputs(n, batch, res, dtype=torch.float32):
-    return [torch.empty(batch, 3, res, res, device="meta", dtype=dtype) for _ in range(n)]
+def inputs(n, batch, res, device="meta"):
+    """n image batches [batch, 3, res, res]: shapes only on meta, zeros elsewhere."""
+    return [torch.zeros(batch, 3, res, res, device=device) for _ in range(n)]
