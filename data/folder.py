@@ -62,19 +62,11 @@ class ImageFolderImages:
         except Exception as e:  # PIL raises several types; all mean the same to the user
             raise DataError(f"cannot read image {path}: {e}") from None
 
-    def open(self, i):
-        """(PIL image, label) with only the header read: size known, pixels not yet decoded (so
-        a caller can choose a JPEG draft scale first). The caller closes it."""
-        path, label = self.samples[i]
-        try:
-            return Image.open(path), label
-        except Exception as e:
-            raise DataError(f"cannot read image {path}: {e}") from None
-
     def read(self, i):
-        """(encoded, (height, width), label) for decoding elsewhere (data.decode=device):
-        encoded is the file's bytes as a 1-D uint8 tensor for a baseline/progressive RGB or
-        grayscale JPEG, else (PNG, CMYK JPEG, ...) the decoded uint8 [3, H, W] image."""
+        """(encoded, (height, width), label), only the header parsed: encoded is the file's bytes
+        as a 1-D uint8 tensor for an RGB or grayscale JPEG (decoded later, at a draft scale or
+        on the training device: data/multiview.py, data/decode.py), else (PNG, CMYK JPEG, ...)
+        the decoded uint8 [3, H, W] image."""
         path, label = self.samples[i]
         try:
             with open(path, "rb") as f:

@@ -2,6 +2,7 @@
 (RandomResizedCrop area and log-uniform aspect ratio, flip rate) whatever the decoding; JPEG
 draft decoding keeps each crop's geometry; data.decode=device gives the worker path's views;
 the sampler hands each item the resolution of its step."""
+import io
 import math
 import os
 
@@ -14,7 +15,7 @@ from common import rng
 from conftest import TINY, read_metrics, run
 from data.decode import collate, device_batch
 from data.folder import ImageFolderImages
-from data.multiview import MultiViewDataset, decode_pil, draft_scale, pil_views, tensor_views
+from data.multiview import MultiViewDataset, decode_pil, draft_scale, jpeg_views, pil_views, tensor_views
 from data.sampler import EpochSampler
 
 RATIO = (3 / 4, 4 / 3)
@@ -122,11 +123,14 @@ def test_draft_decoding_keeps_each_crops_geometry(jpeg_folder):
     boxes = [(10, 20, 120, 140), (40, 30, 100, 100)]
     full, _ = images.load(1)                                        # c0/002.jpg, 320x240, at full size
     assert full.shape == (3, 240, 320)
-    img, _ = images.open(1)
-    with img:
-        decoded, scale = decode_pil(img, boxes, [32, 32])
+    encoded, (height, width), _ = images.read(1)
+    assert encoded.dim() == 1 and (height, width) == (240, 320)     # the file's bytes, the header's size
+    assert draft_scale(boxes, [32, 32]) == 2
+    with Image.open(io.BytesIO(encoded.numpy())) as img:
+        decoded, scale = decode_pil(img, 2)
         assert scale == (2.0, 2.0) and decoded.size == (160, 120)   # decoded at half size
         views = pil_views(decoded, scale, boxes, [False, True], 32).float()
+    assert torch.equal(jpeg_views(encoded, [(boxes, [False, True], 32)])[0], views.to(torch.uint8))
     ref = tensor_views(full, boxes, [False, True], 32).float()
     assert (views - ref).abs().mean() < 1.5, (views - ref).abs().mean()
     # a crop shifted by 8 px, or flipped the other way, is far off: the check has teeth
