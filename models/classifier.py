@@ -2,7 +2,6 @@
 torchvision model with its own head (Table 4.2 of the thesis: ResNet-50/152, DenseNet-161,
 RegNetX-3.2GF, ViT-S/16)."""
 import torch.nn as nn
-import torchvision
 
 from common.config import ConfigError
 from common.run import load_checkpoint
@@ -49,5 +48,8 @@ def build_classifier(model_cfg, num_classes):
     if arch in VITS:
         return Classifier(ViT(arch, model_cfg.patch_size), num_classes)
     if arch in TORCHVISION:
+        # imported here, for these architectures only: torchvision's import costs every other run
+        # over a second (models/resnet.py)
+        import torchvision
         return torchvision.models.get_model(arch, num_classes=num_classes)
     raise ConfigError(f"model.arch '{arch}' is not one of {sorted(RESNETS) + sorted(VITS) + list(TORCHVISION)}")
