@@ -11,6 +11,7 @@ compression schedule (sec. 6.3) that `train_ssl.py accel.compression.schedule=FI
 The checkpoint's own config is the base; --config and key=value overrides change it (the data
 root, say). For every checkpoint it prints the three grids, writes OUT/grad_error_<name>.json and
 OUT/grad_error_<name>.png (CA-MSE, squared bias, cost-adjusted variance; the best cell outlined).
+With several checkpoints it also writes OUT/grad_error_camse.png, their CA-MSE grids side by side.
 The key (momentum target) follows accel.compression's key settings: key_drop_ratio (default 0,
 a full key) and key_patch_size (0: the query's patch size). Paper scale: --samples 16384.
 """
@@ -24,7 +25,7 @@ from accel import ca_mse, compression, cost
 from common import dist, run
 from common.config import ConfigError, load_config
 from common.plot import heatmap
-from data import build_images, build_train_loader
+from data import DataError, build_images, build_train_loader
 from data.augment import DeviceAugment
 from models import build_backbone
 from models.vit import ViT
@@ -49,13 +50,6 @@ def parse_args(argv):
     return p.parse_intermixed_args(argv)
 
 
-def default_patch_sizes(model_patch, crop):
-    """Fig. 4's sizes {16, 20, 24, 30, 40, 48} relative to patch 16, scaled to the model's patch
-    size, keeping those that divide the crop."""
-    sizes = sorted({int(round(s * model_patch / 16)) for s in (16, 20, 24, 30, 40, 48)})
-    return [s for s in sizes if crop % s == 0]
-
-
 def fraction_of(state, cfg, steps_per_epoch):
     if cfg.train.budget:   # the last step may overshoot the budget: that run is at its end
         # the ledger in a checkpoint is rank 0's; every rank spends the same (equal local batches)
@@ -74,7 +68,7 @@ def analyse(path, args, device):
         raise ConfigError(f"grad_error.py needs a ViT backbone, the checkpoint has model.arch={cfg.model.arch}")
     res, p0 = cfg.augment.resolution or cfg.data.crop_size, cfg.model.patch_size
     drops = [float(x) for x in args.drop_ratios.split(",")]
-    patches = [int(x) for x in args.patch_sizes.split(",")] if args.patch_sizes else default_patch_sizes(p0, res)
+    patches = [int(x) for x in args.patch_sizes.split(",")] if args.patch_sizes else compression.default_patch_sizes(p0, res)
     bad = [p for p in patches if res % p]
     if bad:
         raise ConfigError(f"--patch-sizes {bad} do not divide the crop size {res}")
@@ -103,12 +97,11 @@ def analyse(path, args, device):
     n_views, L_small = 2 if ha.enabled else cfg.data.num_views, 1 + cost.sequence_length(cfg.data.local_crop_size, p0)
 
     def image_cost(st):
-        return compression.image_cost(res, st, method.has_target, n_views, cfg.data.local_views, L_small)
+        return compression.image_cost(res, st, method.encoded_views(n_views, cfg.data.local_views),
+                                      cfg.data.local_views, L_small)
 
-    def stage_of(d, p):
-        if not method.has_target:   # one encoder (SimCLR): every view compressed alike
-            return (d, p, d, p)
-        return (d, p, plan_cfg.key_drop_ratio, plan_cfg.key_patch_size or p)
+    def stage_of(d, p):   # the key follows accel.compression's key settings; SimCLR: every view alike
+        return compression.candidate_stage(plan_cfg, method.has_target, d, p)
 
     base_stage = (0.0, p0, 0.0, p0)
     budget = (args.batch or cfg.train.batch_size) * image_cost(base_stage)
@@ -137,12 +130,24 @@ def show(name, key, grid, drops, patches):
     return "\n".join(lines)
 
 
+def camse_figure(path, json_paths):
+    """One PNG with the CA-MSE grid of every checkpoint side by side (Fig. 4's top row), from the
+    grad_error_<name>.json files; the lowest cell of each is outlined."""
+    runs = [json.load(open(p)) for p in json_paths]
+    patches, drops = runs[0]["patch_sizes"], runs[0]["drop_ratios"]
+    if any(r["patch_sizes"] != patches or r["drop_ratios"] != drops for r in runs):
+        raise ConfigError("camse_figure: the checkpoints were analysed on different grids")
+    panels = [(f"CA-MSE ({100 * r['fraction']:.0f}%)", [[c["ca_mse"] for c in row] for row in r["grid"]])
+              for r in sorted(runs, key=lambda r: r["fraction"])]
+    heatmap(path, panels, patches, [f"{x:g}" for x in drops], xlabel="token drop ratio", ylabel="patch")
+
+
 def main(argv):
     args = parse_args(argv)
     device = dist.init_distributed("auto")
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint[0]))
     os.makedirs(out, exist_ok=True)
-    fractions, best = [], []
+    fractions, best, jsons = [], [], []
     given = [float(x) for x in args.fractions.split(",")] if args.fractions else None
     if given is not None and len(given) != len(args.checkpoint):
         raise ConfigError(f"--fractions has {len(given)} values for {len(args.checkpoint)} checkpoints")
@@ -157,7 +162,8 @@ def main(argv):
         print(f"{name}: lowest CA-MSE at drop ratio {d:g}, patch size {p}", flush=True)
         fractions.append(f)
         best.append((d, p))
-        with open(os.path.join(out, f"grad_error_{name}.json"), "w") as fh:
+        jsons.append(os.path.join(out, f"grad_error_{name}.json"))
+        with open(jsons[-1], "w") as fh:
             json.dump({"checkpoint": os.path.abspath(path), "step": state["step"], "fraction": f,
                        "drop_ratios": drops, "patch_sizes": patches, "samples": args.samples,
                        "sub_batch": args.sub_batch, "grid": grid, "best": {"drop_ratio": d, "patch_size": p}},
@@ -167,6 +173,9 @@ def main(argv):
                  ("squared bias", [[c["bias2"] for c in r] for r in grid]),
                  ("cost-adjusted variance", [[c["ca_var"] for c in r] for r in grid])],
                 patches, [f"{x:g}" for x in drops], xlabel="token drop ratio", ylabel="patch")
+    if len(jsons) > 1:   # the CA-MSE grids of all checkpoints in one figure
+        camse_figure(os.path.join(out, "grad_error_camse.png"), jsons)
+        print(f"wrote {os.path.join(out, 'grad_error_camse.png')}")
     if args.schedule_out:
         entries = ca_mse.schedule_from_profiles(fractions, best)
         note = ("CA-MSE-optimal compression schedule (NeurIPS'24 sec. 6.3), written by grad_error.py from\n"

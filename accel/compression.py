@@ -42,8 +42,17 @@ def _check_stage(where, d_q, p_q, d_k, p_k):
             raise ConfigError(f"{where}: {name} must be a positive integer, got {p!r}")
 
 
+TOP_KEYS = ("schedule", "illustrative")
+
+
 def load_schedule(path):
     """[(start, {drop_ratio, patch_size, [key_drop_ratio, key_patch_size]})] sorted by start."""
+    return read_schedule(path)[0]
+
+
+def read_schedule(path):
+    """(entries as load_schedule, illustrative): a file may carry `illustrative: true` at the top
+    level, the marker of a placeholder that no CA-MSE measurement produced; the plan reports it."""
     try:
         with open(path) as f:
             data = yaml.safe_load(f)
@@ -54,6 +63,13 @@ def load_schedule(path):
     entries = data.get("schedule") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"accel.compression.schedule: {path} needs a non-empty list under 'schedule:'")
+    unknown = set(data) - set(TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"accel.compression.schedule {path}: unknown top-level key(s) {sorted(unknown)}; "
+                          f"allowed: {', '.join(TOP_KEYS)}")
+    illustrative = data.get("illustrative", False)
+    if not isinstance(illustrative, bool):
+        raise ConfigError(f"accel.compression.schedule {path}: illustrative must be true or false, got {illustrative!r}")
     out = []
     for i, e in enumerate(entries):
         where = f"accel.compression.schedule {path}, entry {i}"
@@ -68,22 +84,24 @@ def load_schedule(path):
     out.sort(key=lambda s: s[0])
     if out[0][0] != 0.0:
         raise ConfigError(f"accel.compression.schedule {path}: the first entry must start at 0.0, not {out[0][0]}")
-    return out
+    return out, illustrative
 
 
-def save_schedule(path, entries, comment=""):
+def save_schedule(path, entries, comment="", illustrative=False):
     """Write [(start, {drop_ratio, patch_size, ...})] in the format load_schedule reads."""
     rows = [dict(start=float(s), **{k: (float(v) if "drop" in k else int(v)) for k, v in e.items()})
             for s, e in entries]
     with open(path, "w") as f:
         for line in comment.splitlines():
             f.write(f"# {line}\n")
+        if illustrative:
+            f.write("illustrative: true\n")
         yaml.safe_dump({"schedule": rows}, f, sort_keys=False, default_flow_style=None)
 
 
 def stages(comp_cfg, model_patch):
     """[(start, (d_q, p_q, d_k, p_k))] with every patch size resolved (0 -> model / query)."""
-    raw = load_schedule(comp_cfg.schedule) if comp_cfg.schedule else [(0.0, {})]
+    raw = read_schedule(comp_cfg.schedule)[0] if comp_cfg.schedule else [(0.0, {})]
     out = []
     for start, e in raw:
         d_q = e.get("drop_ratio", comp_cfg.drop_ratio)
@@ -135,6 +153,18 @@ def budget_progress(stage_list, step_units, budget):
     return np.concatenate(pieces)
 
 
+def replan_progress(progress_before, step, spent, budget, step_cost):
+    """Online re-planning (accel/online_camse.py): progress[t] for t < step unchanged, then
+    (spent + (t - step) c) / budget for the n = ceil((budget - spent) / c) steps the remaining
+    budget buys at c units per step (at least one: the step about to run). The last step is the
+    one that reaches the budget, as in budget_progress."""
+    if step_cost <= 0:
+        raise ConfigError(f"online CA-MSE: a step costs {step_cost} units")
+    n = max(1, math.ceil((budget - spent) / step_cost - 1e-9))
+    tail = (spent + np.arange(n) * step_cost) / budget
+    return np.concatenate([np.asarray(progress_before[:step], dtype=np.float64), tail])
+
+
 def at_progress(schedule, progress):
     """Re-sample a per-step array built for len(schedule) uniform steps at the fraction of
     training done (linear interpolation), so it follows the budget spent, not the step count."""
@@ -142,34 +172,62 @@ def at_progress(schedule, progress):
     return np.interp(np.asarray(progress) * n, np.arange(n), np.asarray(schedule, dtype=np.float64))
 
 
-def image_cost(res, stage, has_target, n_views, n_local=0, L_small=0.0):
+def image_cost(res, stage, encoded, n_local=0, L_small=0.0):
     """Sample-cost units of one image in one step (cost.vit_image_cost) under `stage`, with
-    L = sequence_length + 1 (the class token). Without a target every view uses the query setting."""
+    L = sequence_length + 1 (the class token). encoded = (query views, key views) the method
+    computes per image (selfsup/base.py `encoded_views`); keys use the key setting."""
     d_q, p_q, d_k, p_k = stage
     L_q = 1 + cost.sequence_length(res, p_q, d_q)
-    L_k = 1 + cost.sequence_length(res, p_k, d_k) if has_target else L_q
-    return cost.vit_image_cost(has_target, n_views, L_q, L_k, n_local, L_small)
+    L_k = 1 + cost.sequence_length(res, p_k, d_k)
+    return cost.vit_image_cost(encoded[0], encoded[1], L_q, L_k, n_local, L_small)
+
+
+def default_patch_sizes(model_patch, crop):
+    """Fig. 4's sizes {16, 20, 24, 30, 40, 48} relative to patch 16, scaled to the model's patch
+    size, keeping those that divide the crop (grad_error.py's grid, online CA-MSE's candidates)."""
+    sizes = sorted({int(round(s * model_patch / 16)) for s in (16, 20, 24, 30, 40, 48)})
+    return [s for s in sizes if crop % s == 0]
+
+
+def candidate_stage(comp_cfg, has_target, d, p):
+    """The stage a CA-MSE candidate (query drop d, query patch p) trains with: the key follows
+    accel.compression's key settings (key_patch_size 0: the query's patch); a method without a
+    target compresses every view alike."""
+    if not has_target:
+        return (float(d), int(p), float(d), int(p))
+    return (float(d), int(p), float(comp_cfg.key_drop_ratio), int(comp_cfg.key_patch_size or p))
 
 
 class CompressionPlan:
     """What train_ssl.py needs per step: the number of steps (epochs or budget), the compression
     of step t (a token_dropout.QueryKey for the method's forward), its FLOP-ledger key, and its
     sample-cost units. The backbone is a ViT when it says so (`is_vit`, models/vit.py); whether
-    the method has a momentum target is its `has_target` (selfsup/).
+    the method has a momentum target is its `has_target`, and which views it encodes per image
+    its `encoded_views` (selfsup/).
 
     units(t) = images x cost.vit_image_cost(...) with L = sequence_length(res, q, d) + 1 (the
-    class token; Table 1's L's include it) for the query and key of the stage at step t."""
+    class token; Table 1's L's include it) for the query and key of the stage at step t.
+
+    `illustrative`: the schedule file says it is a placeholder (`illustrative: true`), not a
+    measured CA-MSE schedule; `warnings()` says so for the run's log and the run records it in
+    config.yaml (accel.compression.illustrative). With accel.compression.online the plan can be
+    re-made mid-run (`replan`, accel/online_camse.py); `state_dict` carries those switches."""
 
     def __init__(self, cfg, method, steps_per_epoch, global_batch):
         self.cfg = cfg
         self.vit = bool(getattr(method.backbone, "is_vit", False))
         self.has_target = bool(method.has_target)
+        self.encoded_views = method.encoded_views
         self.model_patch = cfg.model.patch_size
-        self.stages = stages(cfg.accel.compression, self.model_patch)
-        self.active = is_active(self.stages, self.model_patch)
-        res = cfg.augment.resolution or cfg.data.crop_size
+        comp = cfg.accel.compression
+        self.stages = stages(comp, self.model_patch)
+        self.illustrative = bool(comp.schedule) and read_schedule(comp.schedule)[1]
+        self.online = bool(comp.online)
+        self.active = is_active(self.stages, self.model_patch) or self.online
+        self.res = res = cfg.augment.resolution or cfg.data.crop_size
         self.n_views = 2 if cfg.accel.hard_augment.enabled else cfg.data.num_views
         self.n_local = cfg.data.local_views
+        self.global_batch, self.steps_per_epoch = global_batch, steps_per_epoch
         self.L_small = (1 + cost.sequence_length(cfg.data.local_crop_size, self.model_patch)) if self.vit else 0.0
         if self.active or cfg.train.budget:
             if not self.vit:
@@ -184,22 +242,73 @@ class CompressionPlan:
                     if res % p:
                         raise ConfigError(f"accel.compression.{name}={p} does not divide the training resolution "
                                           f"{res} (data.crop_size / augment.resolution)")
+        if self.online and (not cfg.train.budget or comp.online_every < 1):
+            raise ConfigError("accel.compression.online=true needs train.budget (it re-plans the steps the "
+                              f"remaining budget buys) and online_every >= 1 (got {comp.online_every})")
         if cfg.train.budget:
             if cfg.accel.progressive.mode != "none":
                 raise ConfigError("train.budget with accel.progressive.mode != none is not supported: the step "
                                   "count is planned at one resolution")
-            self.progress = budget_progress(self.stages, lambda st: global_batch * self.image_cost(res, st),
-                                            cfg.train.budget)
+            self.progress = budget_progress(self.stages, self.step_units, cfg.train.budget)
         else:
             n = cfg.train.epochs * steps_per_epoch
             self.progress = np.arange(n) / max(n, 1)
+        self.switches = []
+        self._arrays()
+
+    def _arrays(self):
         self.total_steps = len(self.progress)
-        self.epochs = -(-self.total_steps // steps_per_epoch)
+        self.epochs = -(-self.total_steps // self.steps_per_epoch)
         self.d_q, self.p_q, self.d_k, self.p_k = per_step(self.stages, self.progress)
+        for step, st in self.switches:   # online switches hold from their step on
+            self.d_q[step:], self.p_q[step:], self.d_k[step:], self.p_k[step:] = st
+
+    def step_units(self, stage):
+        """Sample-cost units of one step (the whole global batch) under `stage`."""
+        return self.global_batch * self.image_cost(self.res, stage)
+
+    def warnings(self):
+        """Lines the run prints at start (and tests read)."""
+        if not self.illustrative:
+            return []
+        return [f"WARNING: accel.compression.schedule={self.cfg.accel.compression.schedule} is ILLUSTRATIVE "
+                "(a placeholder with the paper's shape, not a measured CA-MSE schedule); derive one with "
+                "grad_error.py --schedule-out (README, 'ViT sequence compression')"]
+
+    def epoch_range(self, first):
+        """Epochs from `first` while the plan (which online CA-MSE may re-make) has any left."""
+        epoch = first
+        while epoch < self.epochs:
+            yield epoch
+            epoch += 1
+
+    def due(self, step):
+        """Whether online CA-MSE re-estimates before this step."""
+        return self.online and step % self.cfg.accel.compression.online_every == 0
+
+    def replan(self, step, stage):
+        """Switch to `stage` from `step` on and re-make the plan: the budget left buys
+        ceil(left / step cost) steps (accel/online_camse.replan_progress). Returns the number
+        of steps that remain."""
+        budget = self.cfg.train.budget
+        spent = float(self.progress[step]) * budget if step < len(self.progress) else budget
+        self.progress = replan_progress(self.progress, step, spent, budget, self.step_units(stage))
+        self.switches = [(s, st) for s, st in self.switches if s < step] + [(step, tuple(stage))]
+        self._arrays()
+        return self.total_steps - step
+
+    def state_dict(self):
+        return {"switches": [(int(s), list(st)) for s, st in self.switches]}
+
+    def load_state_dict(self, state):
+        """Replay the online switches of a checkpoint (resume)."""
+        for step, st in (state or {}).get("switches", []):
+            self.replan(step, (float(st[0]), int(st[1]), float(st[2]), int(st[3])))
 
     def image_cost(self, res, stage, n_views=None, n_local=None):
-        return image_cost(res, stage, self.has_target, self.n_views if n_views is None else n_views,
-                          self.n_local if n_local is None else n_local, self.L_small)
+        n_views = self.n_views if n_views is None else n_views
+        n_local = self.n_local if n_local is None else n_local
+        return image_cost(res, stage, self.encoded_views(n_views, n_local), n_local, self.L_small)
 
     def stage(self, step):
         return (float(self.d_q[step]), int(self.p_q[step]), float(self.d_k[step]), int(self.p_k[step]))

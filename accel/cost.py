@@ -67,18 +67,15 @@ def vit_sample_cost(method, L_q, L_k, K=0, L_q_small=0.0, L_base=197):
     raise ValueError(f"vit_sample_cost: method '{method}' is not one of simclr, mocov3, dino")
 
 
-def vit_image_cost(has_target, n_views, L_q, L_k, n_local=0, L_small=0.0, L_base=197):
+def vit_image_cost(n_queries, n_keys, L_q, L_k, n_local=0, L_small=0.0, L_base=197):
     """Cost units of one image in one training step of this repository's loop, counted as Table 1
-    counts them (forward L, backward 2L) but over the views the loop actually computes: every
-    global view is back-propagated through the online encoder (3 L_q) and, with a momentum
-    target, also encoded by it as a key (L_k); local crops are online queries (3 L_small).
-    With 2 views this is SimCLR's Table 1 cost (no target, L_k = L_q), and twice MoCo v3's
-    (the symmetrised loss runs both views as queries and as keys; the paper's footnote to Fig. 5
-    counts the official symmetric MoCo v3 the same way: 300 x 2 epochs = 6168M on ImageNet-1k).
-    For DINO it counts both global views as students and as teachers, which Table 1's formula
-    (one query, one key) does not."""
-    if has_target:
-        units = n_views * (3.0 * L_q + L_k)
-    else:
-        units = n_views * 3.0 * L_q
-    return (units + 3.0 * n_local * L_small) / L_base
+    counts them (forward L, backward 2L) over the views the loop actually computes: `n_queries`
+    global views back-propagated through the online encoder (3 L_q each), `n_keys` global views
+    encoded by a momentum target (L_k each), and `n_local` local crops as online queries
+    (3 L_small each). The method says what it computes (selfsup/base.py `encoded_views`):
+        SimCLR, 2 views: 2 queries, no key       -> 3 (L_q + L_q) / L_base, Table 1's SimCLR
+        MoCo v3, non-symmetric (the paper's): 1 query, 1 key -> (3 L_q + L_k) / L_base, Table 1
+        MoCo v3, symmetric (the official loss): 2 queries, 2 keys -> twice Table 1 (the paper's
+            Fig. 5 counts the official MoCo v3 the same way: 300 x 2 epochs)
+        DINO, 2 global views: 2 students, 2 teachers (Table 1's formula has one of each)."""
+    return (3.0 * n_queries * L_q + n_keys * L_k + 3.0 * n_local * L_small) / L_base

@@ -123,6 +123,13 @@ class SSLMethod(nn.Module):
         """The method's scheduled values at the current step, for the training log."""
         return {"ema": float(self.ema[self.step])} if getattr(self, "ema", None) is not None else {}
 
+    def encoded_views(self, n_views, n_local=0):
+        """(query views, key views) per image that a training forward over n_views global views
+        (and n_local local crops) computes: query = back-propagated through the online encoder,
+        key = encoded by the momentum target. accel/compression.py counts NeurIPS'24 sample costs
+        (Table 1) from it. Default: every global view is a query and, with a target, a key."""
+        return n_views, (n_views if self.has_target else 0)
+
     def ledger_key(self):
         """Anything else a step's cost depends on (the FLOP ledger measures each key once)."""
         return ()

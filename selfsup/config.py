@@ -64,6 +64,18 @@ ACCEL = {
         "key_drop_ratio": 0.0,    # key (momentum target) token dropout; 0 = full key (asymmetric, Table 2a)
         "key_patch_size": 0,      # key patch size; 0 = the query's (symmetric patch scaling, Table 2c)
         "schedule": None,         # YAML file: fraction of training -> stage (grad_error.py writes it)
+        # set by the run, recorded in config.yaml: the schedule file says `illustrative: true`
+        # (a placeholder, not a measured CA-MSE schedule; the log prints a warning too)
+        "illustrative": False,
+        # online CA-MSE (accel/online_camse.py; needs train.budget): every online_every steps,
+        # estimate CA-MSE of online_drop_ratios x online_patch_sizes (empty: grad_error.py's
+        # default sizes) on that step's batch in sub-batches of online_sub_batch images, switch to
+        # the best and re-plan the steps the remaining budget buys
+        "online": False,
+        "online_every": 100,
+        "online_drop_ratios": [0.0, 0.25, 0.5, 0.75, 0.9],
+        "online_patch_sizes": [],
+        "online_sub_batch": 16,
     },
 }
 

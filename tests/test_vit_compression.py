@@ -9,12 +9,14 @@ import pytest
 import torch
 
 import selfsup
-from accel import ca_mse, compression, cost, token_dropout
+from accel import ca_mse, compression, cost, online_camse, token_dropout
 from accel.flexi_patch import resize_patch, resize_patch_embed
 from common.config import ConfigError, _to_config
 from conftest import TINY, read_metrics, run
 from models.vit import ViT, sincos_2d
+from selfsup import mocov3
 from test_methods import SMALL, small_overrides
+from test_methods import build as small_method
 
 VIT_TINY = ["model.arch=vit_t16", "model.patch_size=8", "optim.name=adamw", "optim.lr=5e-4"]
 
@@ -285,12 +287,15 @@ def test_schedule_file_round_trip_and_per_step_arrays(tmp_path):
 def test_budget_run_with_a_schedule_stops_when_the_budget_is_spent(tmp_path):
     sched = str(tmp_path / "sched.yaml")
     compression.save_schedule(sched, [(0.0, {"drop_ratio": 0.5, "patch_size": 16}),
-                                      (0.5, {"drop_ratio": 0.0, "patch_size": 8})])
+                                      (0.5, {"drop_ratio": 0.0, "patch_size": 8})], illustrative=True)
     out = str(tmp_path / "budget")
     # 16 images x 2 views, MoCo v3: (3 L_q + L_k) / 197 each; full step (L = 17): 16 x 2 x 68 / 197 = 11.05
-    run(["train_ssl.py"] + TINY + small_overrides("mocov3") + VIT_TINY + [
+    p = run(["train_ssl.py"] + TINY + small_overrides("mocov3") + VIT_TINY + [
         f"output_dir={out}", "train.budget=60", f"accel.compression.schedule={sched}",
         "optim.schedule=poly", "optim.warmup_fraction=0.25"])
+    # a placeholder schedule says so: a warning line in the log, a key in config.yaml
+    assert any(line.startswith("WARNING:") and "ILLUSTRATIVE" in line for line in p.stdout.splitlines())
+    assert "illustrative: true" in open(os.path.join(out, "config.yaml")).read()
     rows = [r for r in read_metrics(out) if "loss" in r]
     units = [r["budget_units"] for r in rows]
     # patch 16: 4 tokens, half dropped: L_q = 1 + 2; the key follows the query's patch: L_k = 1 + 4
@@ -344,3 +349,108 @@ def test_compression_plan_gives_the_query_and_key_setting_of_each_step():
     resnet = _plan(small_overrides("byol"))
     assert not resnet.vit and resnet.has_target and resnet.compression(0, gen) is None
     assert not hasattr(compression, "stage_index")
+
+
+# ---- illustrative schedules say so
+
+def test_illustrative_marker_is_read_reported_and_checked(tmp_path):
+    path = str(tmp_path / "s.yaml")
+    entries = [(0.0, {"drop_ratio": 0.5, "patch_size": 16}), (0.5, {"drop_ratio": 0.0, "patch_size": 8})]
+    compression.save_schedule(path, entries, "placeholder", illustrative=True)
+    assert compression.read_schedule(path) == (entries, True) and compression.load_schedule(path) == entries
+    plan = _plan(small_overrides("mocov3") + VIT_TINY + [f"accel.compression.schedule={path}"])
+    assert plan.illustrative and any("ILLUSTRATIVE" in w and path in w for w in plan.warnings())
+    compression.save_schedule(path, entries)
+    plan = _plan(small_overrides("mocov3") + VIT_TINY + [f"accel.compression.schedule={path}"])
+    assert not plan.illustrative and plan.warnings() == []
+    with open(path, "a") as f:
+        f.write("illustrativ: true\n")
+    with pytest.raises(ConfigError, match="unknown top-level key"):
+        compression.load_schedule(path)
+    # the committed placeholder is marked; the measured CPU schedule is not
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert compression.read_schedule(os.path.join(root, "yaml/vit/schedules/illustrative_240px.yaml"))[1]
+
+
+# ---- MoCo v3 non-symmetric (NeurIPS'24 sec. 6.1) and its Table 1 cost
+
+def test_plan_units_of_nonsymmetric_mocov3_are_table1_and_symmetric_twice():
+    over = small_overrides("mocov3") + ["model.arch=vit_t16", "model.patch_size=16", "data.crop_size=240"]
+    asym = _plan(over + ["method.mocov3.symmetric=false"])
+    sym = _plan(over)
+    for q, row in TABLE1.items():
+        for d, expected in zip([0.0, 0.25, 0.5, 0.75, 0.9], row):
+            st = (d, q, 0.0, 16)                                          # key full (asymmetric dropout)
+            assert abs(asym.image_cost(240, st) - expected) < 0.03, (q, d)
+            assert sym.image_cost(240, st) == pytest.approx(2 * asym.image_cost(240, st))
+    assert asym.units(0, 240, 10, 2, 0) == pytest.approx(10 * 4.59, abs=0.3)   # uncompressed: 10 x Table 1's 4.59
+    # Table 2b (symmetric patch scaling, key = query patch) and SimCLR (two back-propagated views)
+    assert asym.image_cost(240, (0.0, 30, 0.0, 30)) == pytest.approx(1.31, abs=0.01)
+    simclr = _plan(small_overrides("simclr") + ["model.arch=vit_t16", "model.patch_size=16", "data.crop_size=224"])
+    assert simclr.image_cost(224, (0.0, 16, 0.0, 16)) == pytest.approx(6.0)
+
+
+def test_nonsymmetric_mocov3_runs_one_query_and_one_key_pass():
+    torch.manual_seed(0)
+    views = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)]
+    losses = {}
+    for sym in (True, False):
+        torch.manual_seed(1)
+        method = small_method("mocov3", ViT("vit_t16", patch_size=8), symmetric=sym)
+        calls = []
+        method.backbone.register_forward_hook(lambda m, i, o: calls.append("query"))
+        method.target.nets[0].register_forward_hook(lambda m, i, o: calls.append("key"))
+        losses[sym] = method(views)["loss"]
+        assert calls.count("query") == calls.count("key") == (2 if sym else 1)
+        q = [method.predictor(method.projector(method.backbone(v))) for v in views]
+        k = [method.target(v, None) for v in views]
+        from_hand = mocov3.contrastive(q[0], k[1], method.temperature)
+        if sym:
+            from_hand = from_hand + mocov3.contrastive(q[1], k[0], method.temperature)
+        assert torch.allclose(losses[sym], from_hand.mean(), atol=1e-5)
+        assert method.encoded_views(2) == ((2, 2) if sym else (1, 1))
+    losses[False].backward()                                              # trains
+    assert not torch.allclose(losses[True], losses[False])
+
+
+# ---- online CA-MSE (not in the paper)
+
+def test_replan_progress_arithmetic():
+    before = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
+    # 3 of 10 units spent before step 3, steps now cost 2: ceil(7 / 2) = 4 steps, the last reaches 10
+    assert compression.replan_progress(before, 3, 3.0, 10.0, 2.0).tolist() == pytest.approx([0, .1, .2, .3, .5, .7, .9])
+    # exactly divisible: 6 units left at 2 -> 3 steps
+    assert compression.replan_progress(before, 2, 4.0, 10.0, 2.0).tolist() == pytest.approx([0, .1, .4, .6, .8])
+    # a step costing more than what is left still runs once
+    assert len(compression.replan_progress(before, 1, 9.5, 10.0, 4.0)) == 2
+
+
+def test_online_reestimate_switches_replans_and_resumes(capsys):
+    over = small_overrides("mocov3") + VIT_TINY + [
+        "train.budget=100", "accel.compression.online=true", "accel.compression.online_every=3",
+        "accel.compression.drop_ratio=0.5", "accel.compression.online_drop_ratios=[0.75]",
+        "accel.compression.online_patch_sizes=[8,16]", "accel.compression.online_sub_batch=4"]
+    plan = _plan(over)
+    full_step, half_step = plan.step_units((0.0, 8, 0.0, 8)), plan.step_units((0.5, 8, 0.0, 8))
+    assert plan.total_steps == math.ceil(100 / half_step) and plan.due(0) and plan.due(3) and not plan.due(1)
+    torch.manual_seed(0)
+    method = selfsup.build_method(plan.cfg.method, ViT("vit_t16", patch_size=8))
+    views = [torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)]
+    spent = float(plan.progress[3]) * 100
+    out = online_camse.reestimate(method, plan, views, None, 3, seed=0)
+    assert out["switched"] and out["stage"] in [(0.75, 8, 0.0, 8), (0.75, 16, 0.0, 16)]
+    assert "online CA-MSE at step 3" in capsys.readouterr().out
+    c = plan.step_units(out["stage"])
+    assert plan.total_steps == 3 + math.ceil((100 - spent) / c - 1e-9) == 3 + out["remaining_steps"]
+    assert plan.stage(2) == (0.5, 8, 0.0, 8) and plan.stage(3) == plan.stage(plan.total_steps - 1) == out["stage"]
+    assert plan.progress[4] == pytest.approx((spent + c) / 100)
+    # the estimate's passes: the uncompressed gradient and the two candidates, on 8 images
+    assert out["units"] == pytest.approx(8 * sum(plan.image_cost(32, st) for st in
+                                                 [(0.0, 8, 0.0, 8), (0.75, 8, 0.0, 8), (0.75, 16, 0.0, 16)]))
+    assert full_step > half_step
+    again = _plan(over)                                                   # resume: the switch is replayed
+    again.load_state_dict(plan.state_dict())
+    assert again.total_steps == plan.total_steps and np.allclose(again.progress, plan.progress)
+    assert [again.stage(t) for t in range(again.total_steps)] == [plan.stage(t) for t in range(plan.total_steps)]
+    with pytest.raises(ConfigError, match="needs train.budget"):
+        _plan(small_overrides("mocov3") + VIT_TINY + ["accel.compression.online=true"])
