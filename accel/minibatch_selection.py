@@ -46,7 +46,8 @@ def uniform_phase(step, total_steps, warmup_steps, cooldown_fraction):
 class SelectiveBackprop:
     """Selective-Backprop (Jiang et al. 2019): each sample is kept with probability
     CDF_history(loss)^beta, the CDF taken over a history of recent losses (a FIFO of
-    `history` values), and kept samples are trained on. The thesis's baseline for Table 4.1."""
+    `history` values); kept samples go to a SelectedBuffer and the optimizer steps once b of them
+    are collected (train_supervised.py). The thesis's baseline for Table 4.1."""
 
     def __init__(self, history=1024, beta=1.0):
         self.history, self.beta = history, beta
@@ -62,3 +63,42 @@ class SelectiveBackprop:
         p = self.probabilities(losses)
         keep = torch.rand(p.shape, generator=generator) < p
         return keep.nonzero().flatten().to(losses.device)
+
+
+class SelectedBuffer:
+    """Selective-Backprop's accumulation (Jiang et al. 2019, Algorithm 1): selected samples are
+    appended until a full batch of b is collected; the optimizer then steps on exactly b of them
+    (oldest first) and the rest wait for the next step. Holds the selected (inputs, labels) of this
+    rank and the number of loader batches consumed, so that a resumed run continues from the same
+    buffer and the same loader position (state_dict / load_state_dict, tensors on the CPU)."""
+
+    def __init__(self):
+        self.x = self.y = None
+        self.batches = 0          # loader batches consumed by this rank
+
+    def __len__(self):
+        return 0 if self.y is None else int(self.y.shape[0])
+
+    def add(self, x, y):
+        self.x = x if self.x is None else torch.cat([self.x, x.to(self.x.device)])
+        self.y = y if self.y is None else torch.cat([self.y, y.to(self.y.device)])
+
+    def take(self, b):
+        """The oldest b samples, removed from the buffer."""
+        if len(self) < b:
+            raise ValueError(f"buffer holds {len(self)} samples, fewer than a batch of {b}")
+        x, y = self.x[:b], self.y[:b]
+        self.x, self.y = (self.x[b:], self.y[b:]) if len(self) > b else (None, None)
+        return x, y
+
+    def clear(self):
+        self.x = self.y = None
+
+    def state_dict(self):
+        return {"x": None if self.x is None else self.x.cpu(), "y": None if self.y is None else self.y.cpu(),
+                "batches": self.batches}
+
+    def load_state_dict(self, state, device=None):
+        self.x = None if state["x"] is None else state["x"].to(device)
+        self.y = None if state["y"] is None else state["y"].to(device)
+        self.batches = int(state["batches"])

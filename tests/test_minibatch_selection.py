@@ -1,7 +1,8 @@
 """Fast Online Minibatch Selection (thesis ch. 4) against Eq. 4.4."""
 import torch
 
-from accel.minibatch_selection import SelectiveBackprop, select, select_greedy, selection_weights, uniform_phase
+from accel.minibatch_selection import (SelectedBuffer, SelectiveBackprop, select, select_greedy, selection_weights,
+                                      uniform_phase)
 
 
 def test_weights_are_the_percentile_rank_to_the_beta():
@@ -50,3 +51,24 @@ def test_greedy_warmup_cooldown_and_selective_backprop():
     assert len(sb.recent) == 6
     idx = sb.select(torch.tensor([10.0, 10.0]), generator=torch.Generator().manual_seed(0))
     assert idx.tolist() == [0, 1]                                      # the largest losses are always kept
+
+
+def test_selected_buffer_gives_full_batches_oldest_first_and_round_trips():
+    buf = SelectedBuffer()
+    x = torch.arange(10.0).view(10, 1)
+    buf.add(x[:3], torch.arange(3))
+    buf.add(x[3:7], torch.arange(3, 7))
+    assert len(buf) == 7
+    bx, by = buf.take(4)
+    assert by.tolist() == [0, 1, 2, 3] and torch.equal(bx, x[:4]) and len(buf) == 3
+    buf.batches = 5
+    again = SelectedBuffer()
+    again.load_state_dict(buf.state_dict())
+    assert again.batches == 5 and again.y.tolist() == [4, 5, 6] and torch.equal(again.x, x[4:7])
+    again.take(3)
+    assert len(again) == 0 and again.state_dict()["y"] is None
+    try:
+        again.take(1)
+        raise AssertionError("took from an empty buffer")
+    except ValueError:
+        pass

@@ -157,3 +157,53 @@ def test_divergence_stops_the_run_without_saving(tmp_path):
     out = str(tmp_path / "div")
     p = run(["train_supervised.py"] + SUP + [f"output_dir={out}", "optim.lr=1e30"], code=3)   # EXIT_DIVERGED
     assert "non-finite loss at step" in p.stderr and not os.path.exists(os.path.join(out, "checkpoint.pt"))
+
+
+def _main_in_process(argv, monkeypatch, forwards):
+    """train_supervised.main in this process (one rank, CPU); records (batch, autograd on) of every
+    forward of the classifier: autograd forwards are the training steps, the others selection passes."""
+    import signal
+    import train_supervised
+    from common.run import STOP_SIGNALS, Stopped
+
+    def build(model_cfg, classes):
+        model = build_classifier(model_cfg, classes)
+        model.register_forward_pre_hook(lambda m, a: forwards.append((a[0].shape[0], torch.is_grad_enabled())))
+        return model
+    monkeypatch.setattr(train_supervised, "build_classifier", build)
+    threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        train_supervised.main(train_supervised.parse_config(argv))
+    except Stopped:
+        pass
+    finally:
+        torch.set_num_threads(threads)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def test_selective_backprop_steps_on_full_batches_and_its_buffer_survives_a_resume(tmp_path, monkeypatch):
+    """Jiang et al.: selected samples accumulate across loader batches until b are collected; every
+    optimizer step sees exactly b; the buffer and loader position are in the checkpoint."""
+    args = SUP + ["select.method=selective_backprop", "select.beta=2.0",   # keeps ~1/3 of a 32-image loader batch
+                  "select.eval_every_epochs=2.0", "train.log_every=100"]
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    fwd = []
+    _main_in_process(args + [f"output_dir={full}"], monkeypatch, fwd)
+    train = [n for n, grad in fwd if grad]
+    selection_passes = [n for n, grad in fwd if not grad and n == 32]   # large batches b-bar = 32 (not val's)
+    assert train == [16] * 16                                           # 16 steps, each exactly b = 16
+    assert len(selection_passes) > 9                                    # 9 ranked steps took more loader batches
+    a = checkpoint.load(os.path.join(full, "checkpoint.pt"))
+    assert a["sb_state"][0]["buffer"]["batches"] == 3 + len(selection_passes) + 4   # warm-up, ranked, cool-down
+    # interrupt where the buffer holds selected samples, resume: the same weights as uninterrupted
+    stop = 7
+    _main_in_process(args + [f"output_dir={cut}", f"train.stop_at_step={stop}"], monkeypatch, [])
+    mid = checkpoint.load(os.path.join(cut, "checkpoint.pt"))
+    held = mid["sb_state"][0]["buffer"]
+    assert mid["step"] == stop and held["y"] is not None and 0 < len(held["y"]) < 16 and held["x"].shape[0] == len(held["y"])
+    _main_in_process(args + [f"output_dir={cut}"], monkeypatch, [])
+    b = checkpoint.load(os.path.join(cut, "checkpoint.pt"))
+    assert b["step"] == 16 and b["sb_state"][0]["buffer"]["batches"] == a["sb_state"][0]["buffer"]["batches"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
