@@ -7,12 +7,14 @@ over the prototypes), and every other view predicts them:
 Sinkhorn's sums run over the global batch (all ranks). Prototypes are re-normalised before
 every step and frozen (gradients dropped) for the first freeze_prototypes_steps steps.
 
-Queue (for small batches): the projections of the global views of the last queue_length
-images, identical on every rank (enqueued from all ranks); each rank prepends its own 1/W
-slice of it to its batch in Sinkhorn, so the ranks together use every queue entry exactly
-once and a W-rank run sees the same problem as a 1-rank run. (SwAV keeps one queue per rank;
-a shared queue makes the checkpoint hold all of it.) Filling starts at queue_start_epoch, and
-the queue is used once full, as in SwAV.
+Queues (for small batches): as SwAV, one queue per crop used for assignment (the two global
+crops): queue[i] holds crop i's projections of the last queue_length images, newest first,
+identical on every rank (enqueued from all ranks in rank order); when computing crop i's codes,
+each rank prepends its own 1/W slice of queue[i] to its batch in Sinkhorn, so the ranks together
+use every entry exactly once and a W-rank run sees the same problem as a 1-rank run. (SwAV keeps
+queue_length / W entries per crop on each rank; a shared queue makes the checkpoint hold all of
+it.) Filling starts at queue_start_epoch, and the queues are used once full, as in SwAV; a queue
+needs exactly two global views.
 
 Defaults from the SwAV paper: 3000 prototypes, 128-d projection after a 2048 hidden layer,
 tau = 0.1, epsilon = 0.05, 3 Sinkhorn iterations, prototypes frozen for the first epoch
@@ -43,6 +45,7 @@ DEFAULTS = {
     "queue_length": 0,          # 0: no queue
     "queue_start_epoch": 15.0,
 }
+QUEUED_CROPS = 2                # the global crops that get codes, each with its own queue (SwAV)
 
 
 @torch.no_grad()
@@ -76,8 +79,9 @@ class SwAV(SSLMethod):
         self.projector = mlp([backbone.num_features, cfg.proj_hidden, cfg.proj_dim], last_bn=False)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.num_prototypes, bias=False)
         self.cfg = cfg
-        self.register_buffer("queue", torch.zeros(cfg.queue_length, cfg.proj_dim))
-        self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))  # entries filled
+        # one queue per global crop (SwAV's crops_for_assign = [0, 1]), newest entry first
+        self.register_buffer("queue", torch.zeros(QUEUED_CROPS, cfg.queue_length, cfg.proj_dim))
+        self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))  # entries filled, per queue
         self.freeze_steps = self.queue_start_step = 0
 
     def prepare(self, total_steps, steps_per_epoch):
@@ -98,14 +102,15 @@ class SwAV(SSLMethod):
             outs.append((z, self.prototypes(z)))
         return outs
 
-    def codes(self, z, scores, use_queue):
+    def codes(self, crop, scores, use_queue):
+        """Sinkhorn codes of global crop `crop`'s scores, with this rank's slice of that crop's queue."""
         if not use_queue:
             return sinkhorn(scores.detach(), self.cfg.epsilon, self.cfg.sinkhorn_iters)
-        n, w = self.queue.shape[0], dist.world_size()
-        mine = self.queue[dist.rank() * n // w:(dist.rank() + 1) * n // w]
+        n, w = self.queue.shape[1], dist.world_size()
+        mine = self.queue[crop, dist.rank() * n // w:(dist.rank() + 1) * n // w]
         with torch.no_grad():
-            full = torch.cat([self.prototypes(mine.to(z.dtype)), scores.detach()], 0)
-        return sinkhorn(full, self.cfg.epsilon, self.cfg.sinkhorn_iters)[-z.shape[0]:]
+            full = torch.cat([self.prototypes(mine.to(scores.dtype)), scores.detach()], 0)
+        return sinkhorn(full, self.cfg.epsilon, self.cfg.sinkhorn_iters)[-scores.shape[0]:]
 
     def pair_loss(self, a, b):
         c = self.cfg
@@ -117,9 +122,11 @@ class SwAV(SSLMethod):
         outs = self.embed(views, compression)
         # local crops: never compressed (NeurIPS'24 sec. 6.4)
         scores = [p for _, p in outs] + [p for _, p in self.embed(local_views or [])]
+        if c.queue_length > 0 and len(outs) != QUEUED_CROPS:
+            raise ValueError(f"SwAV's queues are per global crop: {QUEUED_CROPS} global views, got {len(outs)}")
         use_queue = c.queue_length > 0 and bool(self.queue_count >= c.queue_length)
         ordered = ordered_pairs(len(outs), len(scores), pairs)
-        q = {i: self.codes(outs[i][0], outs[i][1], use_queue) for i in sorted({i for i, _ in ordered})}
+        q = {i: self.codes(i, outs[i][1], use_queue) for i in sorted({i for i, _ in ordered})}
         terms = [swapped_prediction(q[i], scores[v], c.temperature).mean() for i, v in ordered]
         terms += [self.pair_loss(o, t).mean() for o in outs for t in (targets or [])]
         if torch.is_grad_enabled():  # a training forward (not a validation loss)
@@ -128,13 +135,15 @@ class SwAV(SSLMethod):
 
     @torch.no_grad()
     def update_state(self, outs, pairs):
-        n = self.queue.shape[0]
+        n = self.queue.shape[1]
         if n == 0 or self.step < self.queue_start_step:
             return
-        z = dist.all_gather_no_grad(torch.cat([z for z, _ in outs], 0).contiguous())
-        z = z[-n:]
-        self.queue.copy_(torch.cat([z.to(self.queue.dtype), self.queue[:n - z.shape[0]]], 0))  # newest first
-        self.queue_count.add_(z.shape[0]).clamp_(max=n)
+        added = 0
+        for crop, (z, _) in enumerate(outs[:QUEUED_CROPS]):   # crop i's embeddings into queue i, all ranks
+            z = dist.all_gather_no_grad(z.contiguous())[:n]    # rank order; more than fits: the first n
+            self.queue[crop] = torch.cat([z.to(self.queue.dtype), self.queue[crop, :n - z.shape[0]]], 0)  # newest first
+            added = z.shape[0]
+        self.queue_count.add_(added).clamp_(max=n)
 
     def after_backward(self, step):
         if step < self.freeze_steps:

@@ -156,13 +156,50 @@ def test_swav_swapped_prediction_and_frozen_prototypes():
     assert m.prototypes.weight.grad is not None
 
 
-def test_swav_queue_fills_then_joins_sinkhorn():
-    m = build("swav", queue_length=16, queue_start_epoch=0.0)
+def test_swav_keeps_one_queue_per_global_crop_newest_first():
+    """SwAV's queue[i] holds crop i's embeddings (crops_for_assign = [0, 1]), newest first."""
+    m = build("swav", queue_length=12, queue_start_epoch=0.0)
     m.prepare(10, 5)
-    z = [torch.nn.functional.normalize(torch.randn(4, 16), dim=1) for _ in range(2)]
-    m.begin_step(0)
-    m.update_state([(z[0], None), (z[1], None)], None)
-    assert m.queue_count.item() == 8 and torch.equal(m.queue[:8], torch.cat(z))   # newest first
+    assert m.queue.shape == (2, 12, 16)
+    steps = [[torch.nn.functional.normalize(torch.randn(4, 16), dim=1) for _ in range(2)] for _ in range(4)]
+    for k, z in enumerate(steps[:2]):
+        m.begin_step(k)
+        m.update_state([(z[0], None), (z[1], None)], None)
+    assert m.queue_count.item() == 8                                   # 8 images per crop, not 16 in one queue
+    for crop in range(2):
+        assert torch.equal(m.queue[crop, :8], torch.cat([steps[1][crop], steps[0][crop]]))
+        assert torch.equal(m.queue[crop, 8:], torch.zeros(4, 16))
+    for k, z in enumerate(steps[2:], 2):                               # full: the oldest entries fall off
+        m.begin_step(k)
+        m.update_state([(z[0], None), (z[1], None)], None)
+    assert m.queue_count.item() == 12
+    for crop in range(2):
+        assert torch.equal(m.queue[crop], torch.cat([steps[3][crop], steps[2][crop], steps[1][crop]]))
+    # local crops and a target are not queued; a queue with more than 2 global views is an error
+    with pytest.raises(ValueError, match="per global crop"):
+        m([torch.randn(4, 3, 16, 16) for _ in range(3)])
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_swav_codes_use_this_ranks_slice_of_their_own_crops_queue(monkeypatch, rank):
+    """Once full, crop i's codes are Sinkhorn on [prototype scores of rank r's half of queue[i];
+    the batch's scores], the batch's rows returned (2 ranks simulated; sums then run on one)."""
+    m = build("swav", queue_length=8, queue_start_epoch=0.0)
+    with torch.no_grad():
+        m.queue.copy_(torch.nn.functional.normalize(torch.randn(2, 8, 16), dim=2))
+        m.queue_count.fill_(8)
+    monkeypatch.setattr(selfsup.swav.dist, "world_size", lambda: 2)
+    monkeypatch.setattr(selfsup.swav.dist, "rank", lambda: rank)
+    scores = torch.randn(4, 20)
+    eps, iters = m.cfg.epsilon, m.cfg.sinkhorn_iters
+    for crop in range(2):
+        mine = m.queue[crop, 4 * rank:4 * rank + 4]
+        with torch.no_grad():
+            expected = sinkhorn(torch.cat([m.prototypes(mine), scores]), eps, iters)[-4:]
+            other = sinkhorn(torch.cat([m.prototypes(m.queue[1 - crop, 4 * rank:4 * rank + 4]), scores]), eps, iters)[-4:]
+        got = m.codes(crop, scores, True)
+        torch.testing.assert_close(got, expected)
+        assert (got - other).abs().max() > 1e-4                       # not the other crop's queue
 
 
 def test_ema_update_and_schedules():
