@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from common import dist, run
+from common import plan as planning
 from common.config import ConfigError, parse_cli
 from common.logger import LossWindow, RunLogger, write_run_files
 from data import ignore_stop_signals
@@ -294,12 +295,41 @@ def main(cfg):
     logger.close()
 
 
+def plan(cfg, config_file=None):
+    """--plan (common/plan.py): steps of the labeled batch (an epoch is a pass's worth of steps over
+    all training frames, whatever the labeled fraction) and training PFLOPs of the DispNet at
+    data.height x data.width, UBN's statistics pass (the labeled + unlabeled batch, no gradient)
+    included."""
+    n = cfg.data.synthetic_train_size if cfg.data.name == "synthetic" else planning.dataset_size(cfg)[0]
+    steps_per_epoch, b = n // cfg.train.batch_size, cfg.train.batch_size
+    u = (cfg.ubn.unlabeled_batch_size or b) if cfg.ubn.enabled else 0
+    total = cfg.train.epochs * steps_per_epoch
+    h, w = cfg.data.height, cfg.data.width
+
+    def setup(device):
+        with torch.device(device):
+            return build_dispnet(cfg.model), torch.zeros(2, 3, h, w, device=device)
+
+    def step(model, x):
+        model(x)[0].sum().backward()
+
+    fb = planning.flops(("dispnet", str(cfg.model), h, w, "train"), step, setup) / 2
+    fwd = planning.flops(("dispnet", str(cfg.model), h, w, "fwd"), lambda m, x: m(x), setup) / 2
+    return {"file": config_file, "script": "train_depth_ubn.py", "dataset": n, "global_batch": b,
+            "unlabeled_batch": u, "steps_per_epoch": steps_per_epoch, "steps": total, "epochs": float(cfg.train.epochs),
+            "labeled_fraction": cfg.data.labeled_fraction,
+            "train_pflops": total * (b * fb + (b + u) * fwd * bool(u)) / 1e15}
+
+
 def cli(argv):
     if argv[:1] == ["--toy"]:   # the spiral study has its own command line (toys/spiral.py)
         if argv[1:2] != ["spiral"]:
             raise ConfigError("--toy takes 'spiral'")
         return spiral.main(argv[2:])
-    return main(parse_config(argv))
+    cfg, args = parse_cli(argv, DEPTH_DEFAULTS, DEFAULT_CONFIG, __doc__, plan=True)
+    if args.plan:
+        return planning.print_plan(plan(cfg, args.config), args.json)
+    return main(cfg)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,10 @@ def plan_of(path, cfg, needs):
         return train_ssl.plan(cfg, path, **kw)
     if script == "train_supervised.py":
         return train_supervised.plan(cfg, path, **kw)
-    # train_depth_ubn.py / linear_eval.py: the run length is the file's epochs
-    return {"epochs": float(cfg.train.epochs if script == "train_depth_ubn.py" else cfg.eval.epochs)}
+    if script == "train_depth_ubn.py":
+        import train_depth_ubn
+        return train_depth_ubn.plan(cfg, path)
+    return {"epochs": float(cfg.eval.epochs)}   # linear_eval.py: the probe's epochs
 
 
 def planned(plan, figure, paper):
