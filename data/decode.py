@@ -44,8 +44,15 @@ def decode_images(encoded, device):
     jpeg = [i for i, e in enumerate(encoded) if e.dim() == 1]
     out = [None if e.dim() == 1 else e.to(device, non_blocking=True) for e in encoded]
     if jpeg:
-        dev = device if device.type == "cuda" else "cpu"
-        decoded = decode_jpeg([encoded[i] for i in jpeg], mode=ImageReadMode.RGB, device=dev)
+        data = [encoded[i] for i in jpeg]
+        try:
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device if device.type == "cuda" else "cpu")
+        except RuntimeError:
+            if device.type != "cuda":
+                raise
+            # a JPEG that nvJPEG rejects (some progressive / unusual sampling files): this batch
+            # decodes on the CPU (libjpeg-turbo, the worker path's decoder) and moves over
+            decoded = [decode_jpeg(e, mode=ImageReadMode.RGB).to(device, non_blocking=True) for e in data]
         for i, d in zip(jpeg, decoded):
             out[i] = d
     return out

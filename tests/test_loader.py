@@ -200,3 +200,25 @@ def test_train_ssl_with_device_decode_and_a_resolution_schedule(jpeg_folder, tmp
     m = [r for r in read_metrics(out) if "loss" in r]
     assert len(m) == 6 and all(np.isfinite(r["loss"]) for r in m)
     assert sorted({r["resolution"] for r in m}) == [16, 24, 32]
+
+
+def test_png_grayscale_and_cmyk_files_take_both_decode_paths(tmp_path):
+    """Non-RGB JPEGs and other formats: RGB views either way (the worker sends a PNG or a CMYK
+    JPEG decoded; a grayscale JPEG goes as bytes and decodes to three equal channels)."""
+    os.makedirs(tmp_path / "a")
+    natural_jpeg(tmp_path / "a" / "0.jpg", 120, 90, seed=0)
+    with Image.open(tmp_path / "a" / "0.jpg") as img:
+        img.convert("L").save(tmp_path / "a" / "1.jpg", quality=90)
+        img.save(tmp_path / "a" / "2.png")
+        img.convert("CMYK").save(tmp_path / "a" / "3.jpg", quality=90)
+    images = ImageFolderImages(str(tmp_path))
+    assert [images.read(i)[0].dim() for i in range(4)] == [1, 1, 3, 3]
+    worker = MultiViewDataset(images, 2, 32)
+    device = MultiViewDataset(images, 2, 32, decode="device")
+    items = [worker[(i, 0)] for i in range(4)]
+    batch = device_batch(collate([device[(i, 0)] for i in range(4)]), "cpu")
+    ours = torch.stack([it["views"] for it in items])
+    assert ours.shape == batch["views"].shape == (4, 2, 3, 32, 32)
+    assert (batch["views"].float() - ours.float()).abs().mean() < 0.5
+    gray = ours[1].float()
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
