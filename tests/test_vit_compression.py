@@ -370,6 +370,7 @@ def test_illustrative_marker_is_read_reported_and_checked(tmp_path):
     # the committed placeholder is marked; the measured CPU schedule is not
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert compression.read_schedule(os.path.join(root, "yaml/vit/schedules/illustrative_240px.yaml"))[1]
+    assert not compression.read_schedule(os.path.join(root, "yaml/vit/schedules/cifar10_vit_tiny_cpu_camse.yaml"))[1]
 
 
 # ---- MoCo v3 non-symmetric (NeurIPS'24 sec. 6.1) and its Table 1 cost
