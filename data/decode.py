@@ -5,7 +5,7 @@ uniforms from the size in the JPEG header (data/multiview.py, same draws as the 
 `device_batch` decodes the batch with torchvision.io.decode_jpeg on the device (nvJPEG on CUDA,
 libjpeg-turbo on the CPU) and crops and resizes each view there with an antialiased bilinear
 resize. The same code runs on the CPU (device = cpu), where it matches the worker path's views
-to within a few grey levels (tests/test_loader.py states the bound: the decoders and resamplers
+to within 0.5 grey levels on average (tests/test_loader.py states the bound: the resamplers
 differ in rounding, not in geometry).
 
 `device_batch` is also the one place a worker-decoded batch moves to the device (pinned memory,

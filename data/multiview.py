@@ -10,8 +10,9 @@ The crops come out at `crop_size` (the largest training resolution), or at the r
 the step they are for when the sampler knows the schedule (`EpochSampler.set_sizes`); the device
 resizes them to the current step's resolution if they differ, so a resolution schedule needs no
 loader restart. JPEGs are decoded once per image for all its views, at the smallest DCT scale
-(Pillow's draft mode) that leaves every crop at least its output size: the boxes are drawn from
-the full size in the header first, so their law in the original image is unchanged.
+(Pillow's draft mode) that leaves every crop at least its output size, else at full scale by
+torchvision.io.decode_jpeg: the boxes are drawn from the full size in the header first, so
+their law in the original image is unchanged.
 """
 import io
 import math
@@ -25,6 +26,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from common import rng
+from common.config import ConfigError
 
 N_RAND = 8  # uniform numbers per view for the device-side photometric operations
 
@@ -135,9 +137,10 @@ class MultiViewDataset(Dataset):
                  ratio=(3 / 4, 4 / 3), local_views=0, local_crop_size=96, local_crop_scale=(0.05, 0.14),
                  decode="worker"):
         if decode not in ("worker", "device"):
-            raise ValueError(f"decode must be worker or device, got {decode!r}")
+            raise ConfigError(f"data.decode must be worker or device, got {decode!r}")
         if decode == "device" and not hasattr(images, "read"):
-            raise ValueError(f"decode=device needs an image folder source, not {type(images).__name__}")
+            raise ConfigError(f"data.decode=device needs image files (data.name=imagefolder), "
+                              f"not {type(images).__name__}")
         self.images, self.num_views, self.crop_size = images, num_views, crop_size
         self.crop_scale, self.ratio, self.flip_prob, self.seed = tuple(crop_scale), ratio, flip_prob, seed
         self.local_views, self.local_crop_size, self.local_crop_scale = local_views, local_crop_size, tuple(local_crop_scale)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from common import rng
+from common.config import ConfigError
 from conftest import TINY, read_metrics, run
 from data.decode import collate, device_batch
 from data.folder import ImageFolderImages
@@ -222,3 +223,11 @@ def test_png_grayscale_and_cmyk_files_take_both_decode_paths(tmp_path):
     assert (batch["views"].float() - ours.float()).abs().mean() < 0.5
     gray = ours[1].float()
     assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
+
+
+def test_device_decode_of_decoded_sources_is_a_one_line_error():
+    p = run(["train_ssl.py", "data.decode=device"], check=False)           # synthetic data
+    assert p.returncode == 2 and "data.decode=device needs image files" in p.stderr
+    assert "Traceback" not in p.stderr
+    with pytest.raises(ConfigError, match="data.decode must be worker or device, got 'gpu'"):
+        MultiViewDataset(None, 2, 32, decode="gpu")
