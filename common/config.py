@@ -49,7 +49,6 @@ SHARED = {
         "eval_resize": 32,            # kNN / linear eval: resize shorter side to this, then ...
         "eval_crop": 32,              # ... center crop to this (ImageNet: 256 / 224)
         "workers": 2,                 # loader worker processes per rank
-        "decode": "worker",           # train_ssl.py, image folders: worker | device (JPEG decode + crops on the training device)
         "prefetch_factor": 4,
     },
     "augment": {
