@@ -14,7 +14,6 @@ non_blocking copies on CUDA), so a training loop reads the same dict either way.
 import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
-from torchvision.io import ImageReadMode, decode_jpeg
 
 
 def collate(items):
@@ -44,6 +43,7 @@ def decode_images(encoded, device):
     jpeg = [i for i, e in enumerate(encoded) if e.dim() == 1]
     out = [None if e.dim() == 1 else e.to(device, non_blocking=True) for e in encoded]
     if jpeg:
+        from torchvision.io import ImageReadMode, decode_jpeg   # only data.decode=device runs pay its import
         data = [encoded[i] for i in jpeg]
         try:
             decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device if device.type == "cuda" else "cpu")

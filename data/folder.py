@@ -11,7 +11,6 @@ import os
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.functional import pil_to_tensor
 
 from common.config import InputError
 
@@ -23,7 +22,8 @@ class DataError(InputError):
 
 
 def _rgb_tensor(img):
-    return pil_to_tensor(img.convert("RGB"))
+    """uint8 [3, H, W] (what torchvision's pil_to_tensor gives, without importing torchvision)."""
+    return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 class ImageFolderImages:

@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import functional as TF
 
 from common import rng
 from common.config import ConfigError
@@ -82,7 +80,8 @@ def jpeg_views(encoded, parts):
     conversion); at a draft scale Pillow's DCT-scaled decode and box resize."""
     s = draft_scale([b for boxes, _, size in parts for b in boxes], [size for boxes, _, size in parts for _ in boxes])
     if s == 1:
-        img = decode_jpeg(encoded, mode=ImageReadMode.RGB)
+        from torchvision.io import ImageReadMode, decode_jpeg   # torchvision's import costs each process a second:
+        img = decode_jpeg(encoded, mode=ImageReadMode.RGB)      # only runs that decode JPEGs pay it
         return [tensor_views(img, boxes, flips, size) for boxes, flips, size in parts]
     with Image.open(io.BytesIO(encoded.numpy())) as img:
         decoded, scale = decode_pil(img, s)
@@ -199,7 +198,11 @@ class EvalDataset(Dataset):
 
     def __getitem__(self, index):
         img, label = self.images.load(index)
-        if min(img.shape[1:]) != self.resize:
+        if min(img.shape[1:]) != self.resize or min(img.shape[1:]) < self.crop:
+            from torchvision.transforms.v2 import functional as TF   # (as above: only when needed)
             img = TF.resize(img, self.resize, antialias=True)
-        img = TF.center_crop(img, [self.crop, self.crop])
+            img = TF.center_crop(img, [self.crop, self.crop])
+        else:   # the shorter side is already `resize`: centre crop by slicing (TF.center_crop's offsets)
+            top, left = (int(round((n - self.crop) / 2.0)) for n in img.shape[1:])
+            img = img[:, top:top + self.crop, left:left + self.crop]
         return {"image": img, "label": label, "index": index}
