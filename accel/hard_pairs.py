@@ -25,6 +25,7 @@ import math
 import torch
 
 from accel import hard_augment
+from common import dist
 from common.precision import upcast
 from models.batchnorm import frozen_bn_statistics
 
@@ -37,10 +38,13 @@ def crop_size(h, w, crop):
 
 def crop_positions(b, h, w, crop, m, generator):
     """Top-left corners of M (ch, cw) crops of an h x w map for each of b images, uniform over the
-    valid range: (ys [M, B], xs [M, B]) int64 tensors on the CPU, and (ch, cw)."""
+    valid range: (ys [M, B], xs [M, B]) int64 tensors on the CPU, and (ch, cw). The generator is
+    the same on every rank: corners are drawn for the global batch and each rank takes its own
+    images' columns, so an image gets the same crops whatever the number of ranks."""
     ch, cw = crop_size(h, w, crop)
-    ys = torch.randint(h - ch + 1, (m, b), generator=generator)
-    xs = torch.randint(w - cw + 1, (m, b), generator=generator)
+    world, rank = dist.world_size(), dist.rank()
+    ys = torch.randint(h - ch + 1, (m, b * world), generator=generator)[:, rank * b:(rank + 1) * b]
+    xs = torch.randint(w - cw + 1, (m, b * world), generator=generator)[:, rank * b:(rank + 1) * b]
     return (ys, xs), (ch, cw)
 
 
