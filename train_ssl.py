@@ -92,7 +92,8 @@ def _step_flops(cfg, res, compression):
     """(training, selection) FLOPs per image of one step at `res` with this compression setting,
     counted on meta tensors: Hard Augment's selection pass at r_sel, then the training step."""
     ha, b = cfg.accel.hard_augment, 2
-    model_key = json.dumps({k: cfg[k] for k in ("model", "method", "interloss", "data")}, sort_keys=True, default=str)
+    views = {k: cfg.data[k] for k in ("num_views", "local_views", "local_crop_size")}
+    model_key = json.dumps([{k: cfg[k] for k in ("model", "method", "interloss")}, views], sort_keys=True, default=str)
 
     def setup(views_res, device):
         with torch.device(device):
