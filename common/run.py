@@ -15,7 +15,9 @@ resume, the cross-rank stop flag, the batch stream and the command-line error wr
         run.cli(lambda: main(parse_config(sys.argv[1:])))
 """
 import dataclasses
+import gc
 import glob
+import multiprocessing
 import os
 import pickle
 import signal
@@ -229,6 +231,17 @@ class StopFlag:
 
 
 
+def one_line(e):
+    """The message of a bad-input error. Raised in a DataLoader worker, torch re-raises it in the
+    main process wrapped in the worker's traceback ("Caught DataError in DataLoader worker ...
+    Original Traceback ..."): keep only the original message, its last line."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        last = msg.strip().splitlines()[-1]
+        msg = last.split(": ", 1)[1] if last.startswith(type(e).__module__) or ": " in last[:60] else last
+    return msg
+
+
 def cli(run_main):
     """Run a script's main: bad input (config, data, checkpoint) is one line on stderr and exit
     code 2; a run stopped early exits with EXIT_STOPPED after its checkpoint was written."""
@@ -236,7 +249,7 @@ def cli(run_main):
     try:
         run_main()
     except InputError as e:  # ConfigError, data.DataError, CheckpointError
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
@@ -250,4 +263,16 @@ def cli(run_main):
             StopFlag.active.hand_over()   # may requeue and exit (submit.py)
     finally:
         dist.cleanup()
+        end_loader_workers()
     sys.exit(code)
+
+
+def end_loader_workers():
+    """Loader workers ignore SIGTERM (data.ignore_stop_signals), so multiprocessing's exit hook,
+    which terminates leftover daemonic children with SIGTERM and joins them, would wait forever
+    for the workers of a loader that an error left open (a corrupt image, say). Collect the
+    loaders first (they shut their workers down), then kill whatever worker is left."""
+    gc.collect()
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(timeout=5)

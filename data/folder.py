@@ -23,7 +23,7 @@ class DataError(InputError):
 
 def _rgb_tensor(img):
     """uint8 [3, H, W] (what torchvision's pil_to_tensor gives, without importing torchvision)."""
-    return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 class ImageFolderImages:

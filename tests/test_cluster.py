@@ -221,3 +221,24 @@ def test_torchrun_restarts_a_killed_rank_and_ends_with_the_uninterrupted_weights
     assert b["step"] == 24
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_a_corrupt_jpeg_among_good_ones_is_one_line_and_the_run_exits(tmp_path):
+    """Loader workers raise it; the message names the file, without the worker's traceback, and
+    the process exits (the workers ignore SIGTERM, so they must not be left to the exit hook)."""
+    import numpy as np
+    from PIL import Image
+    for split in ("train", "val"):
+        for c in "ab":
+            os.makedirs(tmp_path / split / c)
+            for i in range(8):
+                Image.fromarray((np.random.default_rng(i).random((40, 40, 3)) * 255).astype("uint8")).save(
+                    tmp_path / split / c / f"{i}.jpg", quality=90)
+    bad = tmp_path / "train" / "b" / "3.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    p = run(["train_ssl.py", "data.name=imagefolder", f"data.root={tmp_path}", "data.workers=2",
+             "train.batch_size=8", "train.epochs=1", f"output_dir={tmp_path}/run", "model.width=8", "knn.k=3"],
+            check=False, timeout=120)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode == 2 and len(errors) == 1 and str(bad) in errors[0], p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and "Caught" not in p.stderr
