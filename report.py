@@ -131,14 +131,16 @@ def report(run_dirs, out_dir=None):
     lines, csv_rows = [], []
     for key in keys:
         mine = [r for r in runs if (r["paper"].get("name"), r["paper"].get("where")) == key]
-        by_file = {r["file"]: r for r in mine}
-        by_row = {r["paper"].get("row"): r for r in mine}
+        by_row = {r["paper"].get("row"): r for r in mine}   # for finding a baseline run
         rows = tables.get(key) or [(r["file"], r["paper"]) for r in mine]
         lines += ["", f"### {PAPERS.get(key[0], key[0])} {key[1]}", "",
                   "| row | file | metric | paper | ours | paper speed-up | ours: wall | ours: PFLOPs | PFLOPs | wall | "
                   "epochs (done/planned) | scale | status |", "|" + "---|" * 13]
-        for rel, paper in rows:
-            run = by_file.get(rel) or by_row.get(paper.get("row"))
+        # a run belongs to the row of its --config file; a run started without one, by its row
+        lines_of_table = [(rel, paper, run) for rel, paper in rows
+                          for run in ([r for r in mine if r["file"] == rel or (r["file"] is None and
+                                       r["paper"].get("row") == paper.get("row"))] or [None])]
+        for rel, paper, run in lines_of_table:   # one line per run of a row ("-" when none)
             base = None
             if run and paper.get("baseline"):
                 base_rel = os.path.normpath(os.path.join(os.path.dirname(rel), paper["baseline"]))

@@ -189,3 +189,26 @@ def test_dino_on_a_vit_with_multicrop_adamw_and_schedules(tmp_path):
          "eval.batch_size=32", "eval.optimizer=sgd", "data.workers=0"])
     with open(os.path.join(out, "linear_eval.json")) as f:
         assert 0 <= json.load(f)["top1"] <= 100
+
+
+def test_report_puts_the_paper_row_beside_finished_and_partial_runs(tiny_run, tmp_path):
+    """report.py on a finished run and on a copy cut short (a run still going): both rows appear
+    with the paper's figure, ours, the scale and the status; CSV and PNGs are written."""
+    import csv
+    import shutil
+    import report
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_run, partial)
+    rows = open(partial / "metrics.jsonl").read().splitlines()
+    (partial / "metrics.jsonl").write_text("\n".join(rows[:4]) + "\n")   # kNN at start + 3 steps
+    out = tmp_path / "report"
+    out.mkdir()
+    recs = [r for r in report.report([tiny_run, str(partial)], str(out)) if r["run_dir"]]
+    by_status = {r["status"]: r for r in recs}
+    assert set(by_status) == {"finished", "partial"} and len(recs) == 2
+    fin, part = by_status["finished"], by_status["partial"]
+    assert fin["ours"] == read_metrics(tiny_run)[-1]["knn_top1"] and fin["epochs_done"] == 2
+    assert part["epochs_done"] == 0.75 and "synthetic" in part["scale"] and "width 8" in part["scale"]
+    assert sum(1 for r in csv.DictReader(open(out / "report.csv")) if r["run_dir"]) == 2
+    assert (out / "report.md").read_text().count("| quickstart on the synthetic dataset |") == 2
+    assert any(f.endswith("_knn_over_epochs.png") for f in os.listdir(out))
