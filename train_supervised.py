@@ -325,15 +325,7 @@ def main(cfg):
     ckpt = run.Checkpointer(cfg.output_dir, rt, cfg)
     state = ckpt.restore(model=model, optimizer=optimizer, scaler=scaler, ledger=ledger)
     step, best = state.get("step", 0), state.get("best_top1", 0.0)
-    if "sb_state" in state:   # per rank: loss history, buffer of selected samples, loader batches consumed
-        if len(state["sb_state"]) != rt.world:
-            raise ConfigError(f"{ckpt.path} holds Selective-Backprop state of {len(state['sb_state'])} rank(s); "
-                              f"resume it with as many")
-        mine = state["sb_state"][rt.rank]
-        sb.recent = mine["recent"]
-        buffer.load_state_dict(mine["buffer"], device)
-    elif sel.method == "selective_backprop":
-        buffer.batches = step
+    restore_selective_backprop(state, sb, buffer, rt, ckpt.path, step, sel.method)
     logger = RunLogger(cfg.output_dir, rt.is_main, resume_step=step)
     if rt.is_main:
         write_run_files(cfg.output_dir, cfg, git_commit=ckpt.commit, world_size=rt.world)
@@ -342,18 +334,10 @@ def main(cfg):
                  f"{f', unlabeled {local_u}' if cfg.ubn.enabled else ''}), {total_steps} steps, lr {lr:g}; "
                  f"output {cfg.output_dir}")
 
-    def sb_state():   # every rank's Selective-Backprop state, gathered for rank 0's checkpoint (a collective)
-        mine = {"recent": sb.recent, "buffer": buffer.state_dict()}
-        if rt.world == 1:
-            return [mine]
-        every = [None] * rt.world
-        tdist.all_gather_object(every, mine)
-        return every
-
     def save():   # checkpoint.pt; at the end of every snapshot_every_epochs-th epoch also ckpt_EPOCH.pt
         epoch, every = step // steps_per_epoch, cfg.train.snapshot_every_epochs
         snapshot = every and step % steps_per_epoch == 0 and epoch % every == 0
-        extra = {"sb_state": sb_state()} if sel.method == "selective_backprop" else {}
+        extra = {"sb_state": gather_selective_backprop(sb, buffer, rt)} if sel.method == "selective_backprop" else {}
         ckpt.save(snapshot=f"ckpt_{epoch:04d}.pt" if snapshot else None, model=model, optimizer=optimizer,
                   scaler=scaler, ledger=ledger, step=step, best_top1=best, **extra)
 
@@ -397,6 +381,34 @@ def main(cfg):
             logger.close()
             raise run.Stopped(step, stop.signum if stop_requested else None)
 
+    log_summary(logger, ledger, sel, best, step, reached)
+    logger.close()
+
+
+def restore_selective_backprop(state, sb, buffer, rt, path, step, method):
+    """Per rank: the loss history, the buffer of selected samples and the loader batches consumed."""
+    if "sb_state" in state:
+        if len(state["sb_state"]) != rt.world:
+            raise ConfigError(f"{path} holds Selective-Backprop state of {len(state['sb_state'])} rank(s); "
+                              f"resume it with as many")
+        mine = state["sb_state"][rt.rank]
+        sb.recent = mine["recent"]
+        buffer.load_state_dict(mine["buffer"], rt.device)
+    elif method == "selective_backprop":
+        buffer.batches = step
+
+
+def gather_selective_backprop(sb, buffer, rt):
+    """Every rank's Selective-Backprop state, gathered for rank 0's checkpoint (a collective)."""
+    mine = {"recent": sb.recent, "buffer": buffer.state_dict()}
+    if rt.world == 1:
+        return [mine]
+    every = [None] * rt.world
+    tdist.all_gather_object(every, mine)
+    return every
+
+
+def log_summary(logger, ledger, sel, best, step, reached):
     summary = {"best_top1": best, "steps": step, "train_pflops": ledger.global_total("train") / 1e15,
                "selection_pflops": ledger.global_total("selection") / 1e15}
     if sel.target_top1 > 0:
@@ -405,7 +417,6 @@ def main(cfg):
     reached_text = f"target {sel.target_top1}% reached at step {reached}; " if reached else ""
     logger.print(f"best val top-1 {best:.2f}% after {step} steps; {reached_text}"
                  f"{summary['train_pflops']:.4g} training + {summary['selection_pflops']:.4g} selection PFLOPs")
-    logger.close()
 
 
 if __name__ == "__main__":
