@@ -92,7 +92,7 @@ def test_every_method_interloss_and_hard_augment_update_alike_on_two_ranks_in_fl
     one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
     run(["tests/equal_update_worker.py", REPO, one])
     run(["tests/equal_update_worker.py", REPO, two], nproc=2)
-    a, b = torch.load(one), torch.load(two)
+    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
     assert set(a) == set(b) and len(a) == 12
     for case in a:
         sa, sb = a[case]["state"], b[case]["state"]
