@@ -7,7 +7,10 @@ resume, the cross-rank stop flag, the batch stream and the command-line error wr
     state = ckpt.restore(model=model, optimizer=optimizer)   # {} when starting fresh
     stop = run.StopFlag(rt.device)                      # SIGTERM / SIGINT / SIGUSR1 -> save and exit
     ...
-    if stop.agreed():                                   # all ranks, every step
+    stop_requested, diverged = stop.check(loss)         # all ranks, every step
+    if diverged:
+        raise run.Diverged(step, ckpt.path)              # exit code EXIT_DIVERGED, nothing saved
+    if stop_requested:
         ckpt.save(step=step, model=model, optimizer=optimizer)
         raise run.Stopped(step, stop.signum)             # exit code EXIT_STOPPED: resume me
 
@@ -192,7 +195,7 @@ def load_checkpoint(path):
 class StopFlag:
     """SIGTERM (Slurm's scancel and time limit, `timeout`), SIGINT (Ctrl-C) and SIGUSR1 (Slurm's
     `--signal=USR1@90` warning) ask the run to stop. Ranks may receive the signal a step apart,
-    so `agreed()` all-reduces the flag (one scalar per step) and every rank stops at the same step.
+    so `check(loss)` all-reduces the flag with the loss's finiteness (two scalars per step) and every rank stops at the same step.
     Loader workers ignore these signals (data/__init__.py), so a signal sent to the whole process
     group reaches the main process alone in effect."""
 
@@ -217,10 +220,6 @@ class StopFlag:
     def _handle(self, signum, frame):
         self.signum = signum
 
-    def agreed(self):
-        flag = torch.tensor([0.0 if self.signum is None else 1.0], device=self.device)
-        return dist.all_reduce_sum(flag).item() > 0
-
     def check(self, loss):
         """(stop requested on any rank, loss non-finite on any rank): one all-reduce of two
         scalars, so checking every step costs one small synchronisation."""
@@ -237,8 +236,7 @@ def one_line(e):
     Original Traceback ..."): keep only the original message, its last line."""
     msg = str(e)
     if "Original Traceback" in msg:
-        last = msg.strip().splitlines()[-1]
-        msg = last.split(": ", 1)[1] if last.startswith(type(e).__module__) or ": " in last[:60] else last
+        msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]   # "data.folder.DataError: <message>"
     return msg
 
 
