@@ -25,7 +25,7 @@ from accel import ca_mse, compression, cost
 from common import dist, run
 from common.config import ConfigError, load_config
 from common.plot import heatmap
-from data import DataError, build_images, build_train_loader
+from data import DataError, build_images, build_train_loader, device_batch
 from data.augment import DeviceAugment
 from models import build_backbone
 from models.vit import ViT
@@ -84,11 +84,11 @@ def analyse(path, args, device):
         for j, batch in enumerate(loader):
             if j == n_sub:
                 break
-            views = augment(batch["views"].to(device), batch["rand"].to(device), cfg.augment.magnitude, res)
+            batch = device_batch(batch, device)   # (JPEG decode and crops here with data.decode=device)
+            views = augment(batch["views"], batch["rand"], cfg.augment.magnitude, res)
             local = None
             if "local_views" in batch:
-                local = augment(batch["local_views"].to(device), batch["local_rand"].to(device),
-                                cfg.augment.magnitude, 0, local=True)
+                local = augment(batch["local_views"], batch["local_rand"], cfg.augment.magnitude, 0, local=True)
             yield views, local
 
     if n_sub > len(loader):

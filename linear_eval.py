@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader
 from common import checkpoint, dist, run, schedules
 from common.config import ConfigError, load_config
 from common.optim import build_optimizer
-from data import build_eval_loader, build_images, loader_kwargs
+from data import build_eval_loader, build_images, device_batch, loader_kwargs
 from data.augment import DeviceAugment
+from data.decode import collate
 from data.multiview import MultiViewDataset
 from data.sampler import EpochSampler
 from evaluation.knn import extract_features, knn_scores, topk_accuracy
@@ -107,15 +108,17 @@ def main(ckpt_path, state, cfg):
 
     if ev.augment:  # fresh random crops each epoch, through the frozen backbone
         ds = MultiViewDataset(train_images, 1, cfg.data.eval_crop, ev.crop_scale, cfg.augment.flip_prob,
-                              seed=cfg.train.seed)
+                              seed=cfg.train.seed, decode=cfg.data.decode)
         sampler = EpochSampler(n_train, local_batch, world, dist.rank(), seed=cfg.train.seed)
         loader = DataLoader(ds, batch_size=local_batch, sampler=sampler, drop_last=True,
+                            collate_fn=collate if cfg.data.decode == "device" else None,
                             **loader_kwargs(cfg.data, device))
     step = 0
     for epoch in range(ev.epochs):
         if ev.augment:
             sampler.set_epoch(epoch)
-            batches = ((augment.eval_batch(b["views"][:, 0].to(device)), b["label"].to(device)) for b in loader)
+            batches = ((augment.eval_batch(b["views"][:, 0]), b["label"])
+                       for b in (device_batch(b, device) for b in loader))   # (decodes here with data.decode=device)
         else:  # the features were computed once; rank r takes its slice of each global batch
             perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch))
             perm = perm[: steps_per_epoch * ev.batch_size].view(steps_per_epoch, world, local_batch)[:, dist.rank()]

@@ -26,7 +26,7 @@ from common import dist, run
 from common.config import parse_cli
 from common.optim import build_optimizer
 from common.plot import line_plot
-from data import build_images, build_train_loader
+from data import build_images, build_train_loader, device_batch
 from data.augment import DeviceAugment
 from models.batchnorm import frozen_bn_statistics
 from selfsup.build import build_model
@@ -111,8 +111,8 @@ def main(cfg):
     n_val = min(lf.val_samples, len(val_images)) // world
     val_loader, val_sampler = build_train_loader(val_images, cfg, max(1, n_val), device)
     val_sampler.shuffle = False
-    val_batch = next(iter(val_loader))
-    val_views = augment(val_batch["views"].to(device), val_batch["rand"].to(device), cfg.augment.magnitude, resolution)
+    val_batch = device_batch(next(iter(val_loader)), device)   # (JPEG decode here with data.decode=device)
+    val_views = augment(val_batch["views"], val_batch["rand"], cfg.augment.magnitude, resolution)
 
     model, blockwise = build_model(cfg)
     model.to(device)
@@ -134,11 +134,11 @@ def main(cfg):
             batch = next(batches)
         set_lr(optimizer, lr, fixed_lr)
         model.begin_step(step)
-        views = augment(batch["views"].to(device), batch["rand"].to(device), cfg.augment.magnitude, resolution)
+        batch = device_batch(batch, device)
+        views = augment(batch["views"], batch["rand"], cfg.augment.magnitude, resolution)
         local_views = None
         if "local_views" in batch:
-            local_views = augment(batch["local_views"].to(device), batch["local_rand"].to(device),
-                                  cfg.augment.magnitude, 0, local=True)
+            local_views = augment(batch["local_views"], batch["local_rand"], cfg.augment.magnitude, 0, local=True)
         loss = ddp(views, local_views=local_views)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

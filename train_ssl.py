@@ -286,7 +286,7 @@ def main(cfg):
     # ---- data: crops in loader workers, photometric operations on the device
     train_images, val_images, num_classes = build_images(cfg.data, cfg.train.seed)
     ha = cfg.accel.hard_augment
-    loader, sampler = build_train_loader(train_images, cfg, local_batch, device, decode=cfg.data.decode,
+    loader, sampler = build_train_loader(train_images, cfg, local_batch, device,
                                          num_views=ha.views if ha.enabled else cfg.data.num_views)
     knn_loaders = [build_eval_loader(images, cfg, cfg.knn.batch_size, device) for images in (train_images, val_images)]
     augment = DeviceAugment(cfg.augment)

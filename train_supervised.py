@@ -36,7 +36,7 @@ from common.config import SHARED, ConfigError, compose, load_config, parse_cli
 from common.flops import FlopLedger
 from common.logger import LossWindow, RunLogger, write_run_files
 from common.optim import build_optimizer
-from data import build_eval_loader, build_images, build_train_loader
+from data import build_eval_loader, build_images, build_train_loader, device_batch
 from data.augment import DeviceAugment
 from evaluation.knn import topk_accuracy
 from models import ubn
@@ -155,7 +155,7 @@ def check_config(cfg, rt):
 
 
 class LabeledSubset:
-    """The first `per_class` images of each class of `images` (same `load` interface)."""
+    """The first `per_class` images of each class of `images` (same `load` / `read` interface)."""
 
     def __init__(self, images, per_class):
         count, self.idx = {}, []
@@ -171,6 +171,12 @@ class LabeledSubset:
 
     def load(self, i):
         return self.images.load(self.idx[i])
+
+    @property
+    def read(self):   # the JPEG bytes (data/multiview.py), where `images` are files
+        if not hasattr(self.images, "read"):
+            raise AttributeError("read")
+        return lambda i: self.images.read(self.idx[i])
 
 
 @torch.no_grad()
@@ -235,21 +241,18 @@ def train_step(cfg, rt, model, ddp, batches, unlabeled, optimizer, scaler, augme
     forward-backward of x alone. Returns the loss (detached) and whether the batch was ranked."""
     amp_dtype, res, dev = precision.AMP_DTYPES[cfg.train.amp], cfg.augment.resolution or cfg.data.crop_size, rt.device
 
-    def views(b):
-        return augment(b["views"].to(dev, non_blocking=True), b["rand"].to(dev, non_blocking=True),
-                       cfg.augment.magnitude, res, cfg.train.channels_last)[0]
-
-    def labeled_views(b):
-        return views(b), b["label"].to(dev, non_blocking=True)
+    def views(b):   # a loader batch on the device (JPEG decode and crops here with data.decode=device)
+        b = device_batch(b, dev)
+        return augment(b["views"], b["rand"], cfg.augment.magnitude, res, cfg.train.channels_last)[0], b["label"]
 
     if cfg.select.method == "selective_backprop":
-        x, y, ranked = selective_backprop_batch(model, batches, labeled_views, step, total_steps, cfg, rt, sb,
+        x, y, ranked = selective_backprop_batch(model, batches, views, step, total_steps, cfg, rt, sb,
                                                 buffer, ledger)
     else:
-        images, labels = labeled_views(next(batches))
+        images, labels = views(next(batches))
         idx, ranked = choose_minibatch(model, images, labels, step, total_steps, cfg, rt, ledger)
         x, y = images[idx], labels[idx]
-    u = views(unlabeled) if unlabeled is not None else None
+    u = views(unlabeled)[0] if unlabeled is not None else None
     with ledger.count(("train", res, len(y)) + ((len(u),) if u is not None else ())):
         with precision.autocast(dev, amp_dtype):
             out = ubn.forward(ddp, x, u, cfg.ubn.grad_through_stats) if u is not None else ddp(x)

@@ -49,6 +49,9 @@ SHARED = {
         "eval_resize": 32,            # kNN / linear eval: resize shorter side to this, then ...
         "eval_crop": 32,              # ... center crop to this (ImageNet: 256 / 224)
         "workers": 2,                 # loader worker processes per rank
+        # image folders: worker (loader workers decode and crop) | device (workers read the file bytes;
+        # the training device decodes the JPEGs and crops the views: data/decode.py)
+        "decode": "worker",
         "prefetch_factor": 4,
     },
     "augment": {

@@ -53,13 +53,15 @@ def loader_kwargs(data_cfg, device):
     return kw
 
 
-def build_train_loader(images, cfg, local_batch, device, num_views=None, decode="worker"):
+def build_train_loader(images, cfg, local_batch, device, num_views=None):
     """Multi-view loader; returns (loader, sampler). Call sampler.set_epoch before each epoch,
     and sampler.set_sizes(resolution schedule) to have crops made at each step's resolution.
     num_views None: data.num_views. Multi-crop views (data.local_views, ...) exist in the SSL
     scripts' config tree only (selfsup/config.py); elsewhere the loader delivers global views.
-    decode="device" (data.decode, train_ssl.py): batches need `device_batch` (data/decode.py)."""
+    With data.decode=device the batches hold JPEG bytes and crop boxes: every consumer moves a
+    batch to the device with `device_batch` (data/decode.py), which decodes and crops there."""
     d = cfg.data
+    decode = d.get("decode", "worker")
     ds = MultiViewDataset(images, num_views or d.get("num_views", 1), d.crop_size, d.crop_scale,
                           cfg.augment.flip_prob, seed=cfg.train.seed, local_views=d.get("local_views", 0),
                           local_crop_size=d.get("local_crop_size", 96),

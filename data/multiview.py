@@ -73,6 +73,25 @@ def decode_pil(img, s):
     return img, (width / img.size[0], height / img.size[1])
 
 
+def decode_full(encoded):
+    """uint8 [3, H, W] RGB of JPEG bytes at full scale: libjpeg-turbo straight into a tensor
+    (channels-last strides), ~1.4x faster than Pillow's decode plus conversion."""
+    from torchvision.io import ImageReadMode, decode_jpeg   # torchvision's import costs each process a second:
+    return decode_jpeg(encoded, mode=ImageReadMode.RGB)      # only runs that decode JPEGs pay it
+
+
+def decode_for_resize(encoded, height, width, shorter):
+    """uint8 [3, h, w] RGB of JPEG bytes for a resize of the shorter side to `shorter`: decoded
+    at the smallest DCT scale 1/s that keeps the shorter side >= `shorter` (so the resize still
+    only shrinks; Pillow's draft), else at full scale."""
+    s = next(s for s in (8, 4, 2, 1) if min(height, width) >= s * shorter or s == 1)
+    if s == 1:
+        return decode_full(encoded)
+    with Image.open(io.BytesIO(encoded.numpy())) as img:
+        decoded, _ = decode_pil(img, s)
+        return torch.from_numpy(np.array(decoded)).permute(2, 0, 1)
+
+
 def jpeg_views(encoded, parts):
     """Views of a JPEG given as its bytes (1-D uint8 tensor), decoded once for all `parts`
     [(boxes, flips, size)] -> [uint8 [V, 3, size, size]]. At full scale torchvision's
@@ -80,8 +99,7 @@ def jpeg_views(encoded, parts):
     conversion); at a draft scale Pillow's DCT-scaled decode and box resize."""
     s = draft_scale([b for boxes, _, size in parts for b in boxes], [size for boxes, _, size in parts for _ in boxes])
     if s == 1:
-        from torchvision.io import ImageReadMode, decode_jpeg   # torchvision's import costs each process a second:
-        img = decode_jpeg(encoded, mode=ImageReadMode.RGB)      # only runs that decode JPEGs pay it
+        img = decode_full(encoded)
         return [tensor_views(img, boxes, flips, size) for boxes, flips, size in parts]
     with Image.open(io.BytesIO(encoded.numpy())) as img:
         decoded, scale = decode_pil(img, s)
@@ -188,7 +206,9 @@ class MultiViewDataset(Dataset):
 
 
 class EvalDataset(Dataset):
-    """Deterministic view for kNN and linear evaluation: resize the shorter side, center crop."""
+    """Deterministic view for kNN and linear evaluation: resize the shorter side, center crop.
+    Image files decode through `decode_for_resize` (ImageNet's 50k validation and 1.28M training
+    images, for the kNN monitor: the decode is most of the cost; benchmarks/loader_throughput.py)."""
 
     def __init__(self, images, resize, crop):
         self.images, self.resize, self.crop = images, resize, crop
@@ -197,7 +217,12 @@ class EvalDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index):
-        img, label = self.images.load(index)
+        if hasattr(self.images, "read"):   # image files: JPEGs decoded by libjpeg-turbo, at a DCT scale if large
+            img, (height, width), label = self.images.read(index)
+            if img.dim() == 1:
+                img = decode_for_resize(img, height, width, self.resize)
+        else:
+            img, label = self.images.load(index)
         if min(img.shape[1:]) != self.resize or min(img.shape[1:]) < self.crop:
             from torchvision.transforms.v2 import functional as TF   # (as above: only when needed)
             img = TF.resize(img, self.resize, antialias=True)

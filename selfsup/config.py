@@ -16,9 +16,6 @@ SSL_DATA = {
     "local_views": 0,
     "local_crop_size": 96,
     "local_crop_scale": [0.05, 0.14],
-    # image folders: worker (loader workers decode and crop) | device (workers read the file bytes;
-    # the training device decodes the JPEGs and crops the views: data/decode.py)
-    "decode": "worker",
 }
 
 # train: run length in sample-cost units (ViT sequence compression)

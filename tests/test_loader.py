@@ -3,6 +3,7 @@
 draft decoding keeps each crop's geometry; data.decode=device gives the worker path's views;
 the sampler hands each item the resolution of its step."""
 import io
+import json
 import math
 import os
 
@@ -16,7 +17,8 @@ from common.config import ConfigError
 from conftest import TINY, read_metrics, run
 from data.decode import collate, device_batch
 from data.folder import ImageFolderImages
-from data.multiview import MultiViewDataset, decode_pil, draft_scale, jpeg_views, pil_views, tensor_views
+from data.multiview import (EvalDataset, MultiViewDataset, decode_for_resize, decode_pil, draft_scale, jpeg_views,
+                            pil_views, tensor_views)
 from data.sampler import EpochSampler
 
 RATIO = (3 / 4, 4 / 3)
@@ -140,6 +142,27 @@ def test_draft_decoding_keeps_each_crops_geometry(jpeg_folder):
     assert (views - ref.flip(-1)).abs().mean() > 3 * (views - ref).abs().mean()
 
 
+def test_eval_view_of_a_jpeg_is_the_resize_and_centre_crop_of_the_full_image(jpeg_folder):
+    """EvalDataset decodes image files with libjpeg-turbo, at a DCT scale where the shorter side
+    stays >= the resize; the view is still resize(shorter side) + centre crop of the full image,
+    to within the DCT scaling's difference (measured mean |diff| 0.3-0.6 grey levels drafted, 0 at full scale)."""
+    from torchvision.transforms.v2 import functional as TF
+    images = ImageFolderImages(jpeg_folder)
+    encoded, (height, width), _ = images.read(1)                       # 320x240
+    assert decode_for_resize(encoded, height, width, 64).shape == (3, 120, 160)    # 240 >= 2 x 64
+    assert decode_for_resize(encoded, height, width, 121).shape == (3, 240, 320)   # 240 < 2 x 121: full
+    for resize, crop in ((64, 56), (150, 128)):   # 64: every image drafted to 1/2; 150: full scale
+        ds = EvalDataset(images, resize, crop)
+        for i in range(4):                        # 200x150, 320x240, 200x150, 320x240
+            full, label = images.load(i)
+            ref = TF.center_crop(TF.resize(full, resize, antialias=True), [crop, crop]).float()
+            out = ds[i]
+            assert out["image"].shape == (3, crop, crop) and out["label"] == label
+            diff = (out["image"].float() - ref).abs().mean()
+            assert diff < 1.0, (resize, i, diff)
+            assert (out["image"].float() - ref.flip(-1)).abs().mean() > 4 * diff + 1   # the check has teeth
+
+
 def test_device_decode_gives_the_worker_paths_views_on_the_cpu(jpeg_folder):
     """Tolerance: mean |difference| < 0.5 grey levels, under 0.1 % of pixels off by more than
     8 (libjpeg-turbo through torchvision vs Pillow, PIL's vs torch's antialiased resize on
@@ -201,6 +224,32 @@ def test_train_ssl_with_device_decode_and_a_resolution_schedule(jpeg_folder, tmp
     m = [r for r in read_metrics(out) if "loss" in r]
     assert len(m) == 6 and all(np.isfinite(r["loss"]) for r in m)
     assert sorted({r["resolution"] for r in m}) == [16, 24, 32]
+    # linear_eval.py takes data.decode=device from the checkpoint's config for its augmented crops
+    run(["linear_eval.py", "--checkpoint", os.path.join(out, "checkpoint.pt"), "eval.epochs=1", "eval.batch_size=4"])
+    with open(os.path.join(out, "linear_eval.json")) as f:
+        assert 0 <= json.load(f)["top1"] <= 100
+
+
+def test_train_supervised_with_device_decode_matches_worker_decode(jpeg_folder, tmp_path):
+    """data.decode=device in train_supervised.py (Selective-Backprop draws a variable number of
+    loader batches per step, each decoded on the device): the same run as worker decoding, up to
+    the decoders' sub-grey-level difference (first step's loss measured 0.5 % apart; the runs then
+    drift apart as any two float paths do)."""
+    root = tmp_path / "ds"
+    os.makedirs(root)
+    for split in ("train", "val"):
+        os.symlink(jpeg_folder, root / split)
+    losses = {}
+    for decode in ("worker", "device"):
+        out = str(tmp_path / decode)
+        run(["train_supervised.py", "data.name=imagefolder", f"data.root={root}", f"data.decode={decode}",
+             f"output_dir={out}", "model.width=8", "train.batch_size=4", "train.epochs=2", "data.workers=0",
+             "train.threads=1", "train.log_every=1", "data.crop_size=32", "data.eval_resize=32", "data.eval_crop=32",
+             "select.method=selective_backprop", "select.resolution=16", "select.warmup_steps=1",
+             "select.cooldown_fraction=0.2", "select.eval_every_epochs=2.0"])
+        losses[decode] = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    assert len(losses["device"]) == len(losses["worker"]) >= 4 and np.isfinite(losses["device"]).all()
+    assert abs(losses["device"][0] - losses["worker"][0]) < 0.015 * losses["worker"][0], losses
 
 
 def test_png_grayscale_and_cmyk_files_take_both_decode_paths(tmp_path):
