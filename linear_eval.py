@@ -111,8 +111,7 @@ def main(ckpt_path, state, cfg):
                               seed=cfg.train.seed, decode=cfg.data.decode)
         sampler = EpochSampler(n_train, local_batch, world, dist.rank(), seed=cfg.train.seed)
         loader = DataLoader(ds, batch_size=local_batch, sampler=sampler, drop_last=True,
-                            collate_fn=collate if cfg.data.decode == "device" else None,
-                            **loader_kwargs(cfg.data, device))
+                            collate_fn=collate, **loader_kwargs(cfg.data, device))
     step = 0
     for epoch in range(ev.epochs):
         if ev.augment:

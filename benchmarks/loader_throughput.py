@@ -25,11 +25,25 @@ same DataLoader (same workers, batch, prefetch):
 * device (data.decode=device): what the workers still do when the training device decodes:
   read the file, parse the JPEG header, draw the boxes (the decode and crops then cost device
   time, not measured here; data/decode.py).
+* repos: the standard pipeline exactly as the SimSiam / MoCo repositories write it, with
+  ToTensor + Normalize (float32 out of the workers) instead of PILToTensor.
+* kernels: no pipeline at all, only the two kernels every full-scale exact pipeline must run:
+  libjpeg-turbo's decode (torchvision.io.decode_jpeg) of the whole image and torch's uint8
+  antialiased resize of each view (its fastest use: the crop copied out as a dense
+  channels-last block), in a plain loop over bytes already in memory and boxes already drawn
+  (this process's CPU time; the views are not kept). kernels / standard is the most any such CPU
+  pipeline can gain over the standard one on this machine (draft decoding aside, which
+  helps only where every crop is >= 2x its output size).
+
+The last row is the evaluation view (kNN monitor, linear eval): resize the shorter side to 256,
+centre crop 224. standard: ImageFolder + Resize(256) + CenterCrop(224) + PILToTensor; before:
+Pillow's decode + torch's resize (this repo before); ours: data.multiview.EvalDataset now
+(libjpeg-turbo, or a DCT-scaled decode where the shorter side is >= 512).
 
 images/s per core = images/s / workers (wall time), or with --workers 0 images per CPU-second of
-the one process doing everything (process CPU time: robust to other load). Rounds alternate the pipelines, so other load on the
-machine falls on all of them alike; the table shows each pipeline's best round and the ratio
-ours / standard (and ours / before).
+the one process doing everything (process CPU time: robust to other load). Rounds alternate the
+pipelines, so other load on the machine falls on all of them alike; the table shows each
+pipeline's best round and the ratios ours / standard, ours / repos, ours / before.
 """
 import argparse
 import os
@@ -40,6 +54,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -49,7 +64,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import rng  # noqa: E402
 from data.decode import collate  # noqa: E402
 from data.folder import ImageFolderImages  # noqa: E402
-from data.multiview import N_RAND, MultiViewDataset, random_resized_crop_box  # noqa: E402
+from data.multiview import N_RAND, EvalDataset, MultiViewDataset, random_resized_crop_box  # noqa: E402
 from data.sampler import EpochSampler  # noqa: E402
 
 SIZES = [(500, 375)] * 6 + [(375, 500), (333, 500), (640, 480), (800, 600), (1024, 768), (300, 225)]
@@ -59,6 +74,7 @@ ROWS = [  # name, global views, global size, local views, local size
     ("2x224 + 6x96 (multi-crop)", 2, 224, 6, 96),
     ("2 views x 128 (SPL phase)", 2, 128, 0, 0),
     ("2 views x 96 (SPL phase)", 2, 96, 0, 0),
+    ("eval: resize 256, centre 224", 0, 224, 0, 256),   # local size field holds the resize
 ]
 SCALE, LOCAL_SCALE = (0.2, 1.0), (0.05, 0.14)
 
@@ -103,11 +119,55 @@ class Views:
         return [t(img) for t in self.transforms]
 
 
-def standard_dataset(root, n, size, local_n, local_size):
+def standard_dataset(root, n, size, local_n, local_size, repos=False):
+    to_tensor = [transforms.ToTensor(), transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])] \
+        if repos else [transforms.PILToTensor()]
+    if n == 0:   # the evaluation view
+        return datasets.ImageFolder(root, transform=transforms.Compose(
+            [transforms.Resize(local_size), transforms.CenterCrop(size)] + to_tensor))
     view = lambda s, scale: transforms.Compose([  # noqa: E731
-        transforms.RandomResizedCrop(s, scale=scale), transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+        transforms.RandomResizedCrop(s, scale=scale), transforms.RandomHorizontalFlip()] + to_tensor)
     ts = [view(size, SCALE)] * n + [view(local_size, LOCAL_SCALE)] * local_n
     return datasets.ImageFolder(root, transform=Views(ts))
+
+
+class Decoded:
+    """An image source without `read`: EvalDataset then decodes with Pillow (this repo before)."""
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def load(self, i):
+        return self.images.load(i)
+
+
+def kernels_per_s(images, n, size, local_n, local_size):
+    """Images per CPU-second of only decode_jpeg (whole image) + one uint8 antialiased resize per
+    view, over file bytes read and boxes drawn beforehand."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    ds = MultiViewDataset(images, max(n, 1), 224, SCALE, local_views=local_n, local_crop_size=local_size or 96,
+                          local_crop_scale=LOCAL_SCALE)
+    work = []
+    for i in range(len(images)):
+        encoded, (h, w), _ = images.read(i)
+        g = rng.generator(0, rng.Stream.DATA, 0, i)
+        if n == 0:   # eval: the resize of the shorter side to local_size, then the centre crop
+            ih, iw = (local_size, round(w * local_size / h)) if h <= w else (round(h * local_size / w), local_size)
+            work.append((encoded, [((0, 0, h, w), (ih, iw))]))
+            continue
+        boxes = [(b, (size, size)) for b in ds.draw(h, w, n, SCALE, g)[0]]
+        if local_n:
+            boxes += [(b, (local_size, local_size)) for b in ds.draw(h, w, local_n, LOCAL_SCALE, g)[0]]
+        work.append((encoded, boxes))
+    t = time.process_time()
+    for encoded, boxes in work:
+        img = decode_jpeg(encoded, mode=ImageReadMode.RGB)   # HWC memory: the crop copied out dense, the kernel's fast path
+        for (top, left, h, w), out in boxes:
+            F.interpolate(img[None, :, top:top + h, left:left + w].contiguous(memory_format=torch.channels_last),
+                          size=out, mode="bilinear", antialias=True, align_corners=False)
+    return len(work) / (time.process_time() - t)
 
 
 class Before(torch.utils.data.Dataset):
@@ -154,6 +214,10 @@ class Keys(torch.utils.data.Sampler):
 
 def ours_loader(images, n, size, local_n, local_size, batch, workers, before=False, decode="worker"):
     crop = 224  # data.crop_size: the largest training resolution
+    if n == 0:   # the evaluation view
+        ds = EvalDataset(Decoded(images) if before else images, local_size, size)
+        return DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+                          prefetch_factor=2 if workers else None, collate_fn=collate)
     ds = Before(images, n, crop, local_n, local_size) if before else \
         MultiViewDataset(images, n, crop, SCALE, local_views=local_n, local_crop_size=local_size or 96,
                          local_crop_scale=LOCAL_SCALE, decode=decode)
@@ -161,11 +225,11 @@ def ours_loader(images, n, size, local_n, local_size, batch, workers, before=Fal
     if not before:
         sampler.set_sizes([size])
     return DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
-                      prefetch_factor=2 if workers else None, collate_fn=collate if decode == "device" else None)
+                      prefetch_factor=2 if workers else None, collate_fn=collate)
 
 
-def standard_loader(root, n, size, local_n, local_size, batch, workers):
-    ds = standard_dataset(root, n, size, local_n, local_size)
+def standard_loader(root, n, size, local_n, local_size, batch, workers, repos=False):
+    ds = standard_dataset(root, n, size, local_n, local_size, repos)
     return DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
                       prefetch_factor=2 if workers else None)
 
@@ -202,22 +266,29 @@ def main():
               f"{os.cpu_count()} CPU cores visible", flush=True)
         images = ImageFolderImages(os.path.join(tmp, "train"))
         w = max(args.workers, 1)
-        print(f"{'row':32s} {'standard':>9s} {'before':>9s} {'ours':>9s} {'ours/std':>9s} {'ours/before':>11s}"
-              f" {'device':>9s} {'device/std':>10s}   (images/s per core)")
+        print(f"{'row':30s} {'standard':>8s} {'repos':>7s} {'before':>7s} {'ours':>7s} {'ours/std':>8s}"
+              f" {'ours/repos':>10s} {'ours/before':>11s} {'device':>7s} {'device/std':>10s} {'kernels':>7s}"
+              f" {'kernels/std':>11s}   (images/s per core)")
         for name, n, size, local_n, local_size in rows:
-            best = {"standard": 0.0, "before": 0.0, "ours": 0.0, "device": 0.0}
+            best = {"standard": 0.0, "repos": 0.0, "before": 0.0, "ours": 0.0, "device": 0.0, "kernels": 0.0}
             for _ in range(args.rounds):
                 for side in best:
-                    if side == "standard":
+                    if side == "device" and n == 0:
+                        continue
+                    if side == "kernels":
+                        best[side] = max(best[side], kernels_per_s(images, n, size, local_n, local_size))
+                        continue
+                    if side in ("standard", "repos"):
                         loader = standard_loader(os.path.join(tmp, "train"), n, size, local_n, local_size,
-                                                 args.batch, args.workers)
+                                                 args.batch, args.workers, repos=side == "repos")
                     else:
                         loader = ours_loader(images, n, size, local_n, local_size, args.batch, args.workers,
                                              before=side == "before", decode="device" if side == "device" else "worker")
                     best[side] = max(best[side], images_per_s(loader, args.batch) / w)
-            s, b, o, d = best["standard"], best["before"], best["ours"], best["device"]
-            print(f"{name:32s} {s:9.1f} {b:9.1f} {o:9.1f} {o / s:8.2f}x {o / b:10.2f}x {d:9.1f} {d / s:9.1f}x",
-                  flush=True)
+            s, r, b, o, d, k = (best[c] for c in ("standard", "repos", "before", "ours", "device", "kernels"))
+            dev = f"{d:7.1f} {d / s:9.1f}x" if d else f"{'-':>7s} {'-':>10s}"
+            print(f"{name:30s} {s:8.1f} {r:7.1f} {b:7.1f} {o:7.1f} {o / s:7.2f}x {o / r:9.2f}x {o / b:10.2f}x {dev}"
+                  f" {k:7.1f} {k / s:10.2f}x", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

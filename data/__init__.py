@@ -68,7 +68,7 @@ def build_train_loader(images, cfg, local_batch, device, num_views=None):
                           local_crop_scale=d.get("local_crop_scale", (0.05, 0.14)), decode=decode)
     sampler = EpochSampler(len(ds), local_batch, dist.world_size(), dist.rank(), seed=cfg.train.seed)
     loader = DataLoader(ds, batch_size=local_batch, sampler=sampler, drop_last=True,
-                        collate_fn=collate if decode == "device" else None, **loader_kwargs(cfg.data, device))
+                        collate_fn=collate, **loader_kwargs(cfg.data, device))
     return loader, sampler
 
 
@@ -80,5 +80,5 @@ def build_eval_loader(images, cfg, batch_size, device, shard=True):
         ds = Subset(ds, range(dist.rank(), len(ds), dist.world_size()))
     kw = loader_kwargs(cfg.data, device)
     kw.pop("persistent_workers", None)  # evaluated rarely; don't keep idle workers around
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, drop_last=False, **kw)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=collate, **kw)
 

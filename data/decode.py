@@ -17,10 +17,21 @@ from torch.utils.data import default_collate
 
 
 def collate(items):
-    """default_collate, except `encoded` (variable-length bytes) stays a list of tensors."""
-    encoded = [it.pop("encoded") for it in items]
+    """default_collate of the loader's dicts, except: `encoded` (variable-length JPEG bytes,
+    data.decode=device) stays a list of tensors, and images stored channels-last (views
+    [V, 3, S, S] and eval images [3, S, S] with channel stride 1: data/multiview.py) are stacked
+    in that layout and handed on as a permuted [B, ..., 3, S, S] view, not reordered to CHW byte
+    by byte. pin_memory and .to(device) keep the strides; data/augment.py takes any layout."""
+    encoded = [it.pop("encoded") for it in items] if "encoded" in items[0] else None
+    hwc = [k for k, v in items[0].items() if isinstance(v, torch.Tensor) and v.dim() >= 3 and v.stride(-3) == 1]
+    for it in items:
+        for k in hwc:
+            it[k] = it[k].movedim(-3, -1)
     out = default_collate(items)
-    out["encoded"] = encoded
+    for k in hwc:
+        out[k] = out[k].movedim(-1, -3)
+    if encoded is not None:
+        out["encoded"] = encoded
     return out
 
 

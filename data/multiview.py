@@ -117,16 +117,23 @@ def pil_views(img, scale, boxes, flips, size):
         v = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None,
                                   box=(left / sx, top / sy, (left + w) / sx, (top + h) / sy)))
         out[i] = v[:, ::-1] if flip else v
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(out).permute(0, 3, 1, 2)   # channels-last, as tensor_views' views
 
 
 def tensor_views(img, boxes, flips, size):
     """Views uint8 [V, 3, size, size] of a decoded uint8 [3, H, W] tensor: torch's antialiased
-    bilinear resize of each box (torchvision's resized_crop kernel), flipped."""
-    out = torch.empty(len(boxes), 3, size, size, dtype=torch.uint8)
+    bilinear resize of each box (F.interpolate's kernel, as torchvision's resized_crop), flipped.
+
+    Everything stays channels-last (HWC), the layout libjpeg-turbo decodes into: the crop is
+    copied out as a dense channels-last block, which torch's uint8 resize takes without
+    reordering and answers in the same layout, and the views are stored as a permuted
+    [V, size, size, 3] buffer. A strided crop or CHW output made the kernel reorder bytes one by
+    one: 0.30 -> 0.19 ms per 224 px view, the same pixels (benchmarks/NOTES.md). `collate`
+    (data/decode.py) keeps the layout; the device-side augmentation takes any."""
+    out = torch.empty(len(boxes), size, size, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
     for i, ((top, left, h, w), flip) in enumerate(zip(boxes, flips)):
-        v = F.interpolate(img[None, :, top:top + h, left:left + w], size=(size, size), mode="bilinear",
-                          antialias=True, align_corners=False)[0]
+        crop = img[None, :, top:top + h, left:left + w].contiguous(memory_format=torch.channels_last)
+        v = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
         out[i] = v.flip(-1) if flip else v
     return out
 
