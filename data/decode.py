@@ -21,7 +21,10 @@ def collate(items):
     data.decode=device) stays a list of tensors, and images stored channels-last (views
     [V, 3, S, S] and eval images [3, S, S] with channel stride 1: data/multiview.py) are stacked
     in that layout and handed on as a permuted [B, ..., 3, S, S] view, not reordered to CHW byte
-    by byte. pin_memory and .to(device) keep the strides; data/augment.py takes any layout."""
+    by byte. pin_memory and .to(device) keep the strides; data/augment.py takes any layout. A
+    dict is a batch MultiViewDataset.__getitems__ already assembled: passed through."""
+    if isinstance(items, dict):
+        return items
     encoded = [it.pop("encoded") for it in items] if "encoded" in items[0] else None
     hwc = [k for k, v in items[0].items() if isinstance(v, torch.Tensor) and v.dim() >= 3 and v.stride(-3) == 1]
     for it in items:

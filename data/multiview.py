@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from common import rng
 from common.config import ConfigError
@@ -92,35 +92,49 @@ def decode_for_resize(encoded, height, width, shorter):
         return torch.from_numpy(np.array(decoded)).permute(2, 0, 1)
 
 
-def jpeg_views(encoded, parts):
+def jpeg_views(encoded, parts, outs=None):
     """Views of a JPEG given as its bytes (1-D uint8 tensor), decoded once for all `parts`
-    [(boxes, flips, size)] -> [uint8 [V, 3, size, size]]. At full scale torchvision's
+    [(boxes, flips, size)] -> [uint8 [V, 3, size, size]], written into `outs` when given. At full scale torchvision's
     decode_jpeg (libjpeg-turbo straight into a tensor; ~1.5x faster than Pillow's decode plus
     conversion); at a draft scale Pillow's DCT-scaled decode and box resize."""
     s = draft_scale([b for boxes, _, size in parts for b in boxes], [size for boxes, _, size in parts for _ in boxes])
+    outs = outs or [None] * len(parts)
     if s == 1:
         img = decode_full(encoded)
-        return [tensor_views(img, boxes, flips, size) for boxes, flips, size in parts]
+        return [tensor_views(img, boxes, flips, size, o) for (boxes, flips, size), o in zip(parts, outs)]
     with Image.open(io.BytesIO(encoded.numpy())) as img:
         decoded, scale = decode_pil(img, s)
-        return [pil_views(decoded, scale, boxes, flips, size) for boxes, flips, size in parts]
+        return [pil_views(decoded, scale, boxes, flips, size, o) for (boxes, flips, size), o in zip(parts, outs)]
 
 
-def pil_views(img, scale, boxes, flips, size):
+def view_buffer(*shape, shared=False):
+    """uint8 [..., 3, size, size] views stored channels-last (a permuted [..., size, size, 3]
+    buffer); shared=True: in shared memory, as default_collate allocates inside a loader worker,
+    so handing the batch to the main process copies nothing."""
+    *lead, c, h, w = shape
+    n = math.prod(shape)
+    # (torch's default_collate allocates its worker batches with the same _new_shared)
+    flat = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n)) if shared \
+        else torch.empty(n, dtype=torch.uint8)
+    return flat.view(*lead, h, w, c).movedim(-1, -3)
+
+
+def pil_views(img, scale, boxes, flips, size, out=None):
     """Views uint8 [V, 3, size, size] of an image decoded at a draft scale by `decode_pil`: each
     box (top, left, h, w), in full-image pixels, maps to a fractional box of the reduced image,
     resampled from that exact region by PIL's antialiased bilinear resize (the filter of the
     full-scale path; ~1 grey level apart)."""
     sx, sy = scale
-    out = np.empty((len(boxes), size, size, 3), np.uint8)
+    out = view_buffer(len(boxes), 3, size, size) if out is None else out
+    hwc = out.movedim(-3, -1).numpy()
     for i, ((top, left, h, w), flip) in enumerate(zip(boxes, flips)):
         v = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None,
                                   box=(left / sx, top / sy, (left + w) / sx, (top + h) / sy)))
-        out[i] = v[:, ::-1] if flip else v
-    return torch.from_numpy(out).permute(0, 3, 1, 2)   # channels-last, as tensor_views' views
+        hwc[i] = v[:, ::-1] if flip else v
+    return out
 
 
-def tensor_views(img, boxes, flips, size):
+def tensor_views(img, boxes, flips, size, out=None):
     """Views uint8 [V, 3, size, size] of a decoded uint8 [3, H, W] tensor: torch's antialiased
     bilinear resize of each box (F.interpolate's kernel, as torchvision's resized_crop), flipped.
 
@@ -130,7 +144,7 @@ def tensor_views(img, boxes, flips, size):
     [V, size, size, 3] buffer. A strided crop or CHW output made the kernel reorder bytes one by
     one: 0.30 -> 0.19 ms per 224 px view, the same pixels (benchmarks/NOTES.md). `collate`
     (data/decode.py) keeps the layout; the device-side augmentation takes any."""
-    out = torch.empty(len(boxes), size, size, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+    out = view_buffer(len(boxes), 3, size, size) if out is None else out
     for i, ((top, left, h, w), flip) in enumerate(zip(boxes, flips)):
         crop = img[None, :, top:top + h, left:left + w].contiguous(memory_format=torch.channels_last)
         v = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
@@ -183,19 +197,50 @@ class MultiViewDataset(Dataset):
             rand.append(torch.rand(N_RAND, generator=g))
         return boxes, flips, torch.stack(rand)
 
+    def size(self, key):
+        """The global views' side for this key: the step's resolution, at most crop_size."""
+        return min(int(key[2]), self.crop_size) if len(key) > 2 and key[2] else self.crop_size
+
+    def parts(self, size):
+        """[(prefix, views, side, crop scale)]: the global views, then multi-crop's local ones."""
+        parts = [("", self.num_views, size, self.crop_scale)]
+        if self.local_views:
+            parts.append(("local_", self.local_views, self.local_crop_size, self.local_crop_scale))
+        return parts
+
+    def __getitems__(self, keys):
+        """A whole batch (the DataLoader calls this, when it exists, instead of one __getitem__
+        per key), already collated: every view is resampled straight into one batch buffer
+        [B, V, 3, S, S] (in shared memory inside a worker), so there are no per-image buffers
+        and `collate` copies nothing. The keys of a batch are one step's, so one size."""
+        if self.decode == "device":
+            return [self[k] for k in keys]
+        sizes = {self.size(k) for k in keys}
+        if len(sizes) != 1:
+            raise ValueError(f"one batch asks for several view sizes {sorted(sizes)}")
+        shared = get_worker_info() is not None
+        buffers = {p: view_buffer(len(keys), n, 3, sz, sz, shared=shared) for p, n, sz, _ in self.parts(sizes.pop())}
+        items = [self.item(k, {p: buf[b] for p, buf in buffers.items()}) for b, k in enumerate(keys)]
+        batch = {"index": torch.tensor([it["index"] for it in items]), "label": torch.tensor([it["label"] for it in items])}
+        for p, buf in buffers.items():
+            batch[p + "views"], batch[p + "rand"] = buf, torch.stack([it[p + "rand"] for it in items])
+        return batch
+
     def __getitem__(self, key):
+        return self.item(key)
+
+    def item(self, key, outs=None):
+        """One image's dict (see the class docstring); outs {prefix: uint8 [V, 3, S, S]}: write
+        the views there."""
         index, epoch = key[0], key[1]
-        size = min(int(key[2]), self.crop_size) if len(key) > 2 and key[2] else self.crop_size
+        size = self.size(key)
         g = rng.generator(self.seed, rng.Stream.DATA, epoch, index)
         if hasattr(self.images, "read"):   # image files: read the bytes, the size from the header
             img, (height, width), label = self.images.read(index)
         else:                              # synthetic, CIFAR-10: decoded tensors
             img, label = self.images.load(index)
             height, width = img.shape[1], img.shape[2]
-        parts = [("", self.num_views, size, self.crop_scale)]
-        if self.local_views:
-            parts.append(("local_", self.local_views, self.local_crop_size, self.local_crop_scale))
-        drawn = {p: (sz,) + self.draw(height, width, n, scale, g) for p, n, sz, scale in parts}
+        drawn = {p: (sz,) + self.draw(height, width, n, scale, g) for p, n, sz, scale in self.parts(size)}
         out = {"index": index, "label": label}
         if self.decode == "device":
             out["encoded"] = img
@@ -203,10 +248,11 @@ class MultiViewDataset(Dataset):
                 out[p + "boxes"], out[p + "flips"] = torch.tensor(boxes, dtype=torch.int64), torch.tensor(flips)
                 out[p + "rand"], out[p + "size"] = rand, sz
             return out
+        outs = [None if outs is None else outs[p] for p in drawn]
         if img.dim() == 1:  # JPEG bytes: one decode for all views, global and local
-            views = jpeg_views(img, [(boxes, flips, sz) for sz, boxes, flips, _ in drawn.values()])
+            views = jpeg_views(img, [(boxes, flips, sz) for sz, boxes, flips, _ in drawn.values()], outs)
         else:
-            views = [tensor_views(img, boxes, flips, sz) for sz, boxes, flips, _ in drawn.values()]
+            views = [tensor_views(img, boxes, flips, sz, o) for (sz, boxes, flips, _), o in zip(drawn.values(), outs)]
         for (p, (sz, boxes, flips, rand)), v in zip(drawn.items(), views):
             out[p + "views"], out[p + "rand"] = v, rand
         return out

@@ -142,6 +142,28 @@ def test_draft_decoding_keeps_each_crops_geometry(jpeg_folder):
     assert (views - ref.flip(-1)).abs().mean() > 3 * (views - ref).abs().mean()
 
 
+def test_a_batch_assembled_in_place_equals_the_collated_items(jpeg_folder):
+    """MultiViewDataset.__getitems__ resamples every view straight into one batch buffer (in
+    shared memory inside a worker): exactly collate([ds[k] for k in keys]), for JPEGs decoded at
+    full and at draft scale, multi-crop and decoded-tensor sources, in a worker too."""
+    from torch.utils.data import DataLoader
+    from data.synthetic import SyntheticImages
+    kw = dict(local_views=2, local_crop_size=24, local_crop_scale=(0.05, 0.3))
+    sources = [ImageFolderImages(jpeg_folder), SyntheticImages(8, split=0, seed=0, image_size=48, num_classes=2)]
+    for images in sources:
+        ds = MultiViewDataset(images, 3, 40, **kw)
+        for size in (40, 24):                  # 24: draft decoding for most of the JPEGs
+            keys = [(i, 1, size) for i in range(8)]
+            ref = collate([ds[k] for k in keys])
+            for batch in (ds.__getitems__(keys),
+                          next(iter(DataLoader(ds, batch_size=8, sampler=keys, num_workers=1, collate_fn=collate)))):
+                assert set(batch) == set(ref)
+                assert all(torch.equal(batch[k], ref[k]) for k in ref)
+            assert batch["views"].shape == (8, 3, 3, size, size) and batch["local_views"].shape == (8, 2, 3, 24, 24)
+    with pytest.raises(ValueError, match="several view sizes"):
+        ds.__getitems__([(0, 1, 40), (1, 1, 24)])
+
+
 def test_eval_view_of_a_jpeg_is_the_resize_and_centre_crop_of_the_full_image(jpeg_folder):
     """EvalDataset decodes image files with libjpeg-turbo, at a DCT scale where the shorter side
     stays >= the resize; the view is still resize(shorter side) + centre crop of the full image,
