@@ -20,8 +20,9 @@ same DataLoader (same workers, batch, prefetch):
   a low-resolution phase cropped at 224 and resized on the device, which is not counted here).
 * ours: data/multiview.py now: boxes drawn from the JPEG header, one decode per image (at the
   smallest JPEG DCT draft scale that keeps every crop >= its output size: Pillow and its box
-  resize; at full scale: torchvision.io.decode_jpeg and torch's uint8 antialiased resize),
-  straight to the step's resolution (sampler.set_sizes), uint8.
+  resize; at full scale: torchvision.io.decode_jpeg), each crop copied out dense channels-last
+  and resized by torch's uint8 antialiased kernel straight to the step's resolution
+  (sampler.set_sizes), into one batch buffer (MultiViewDataset.__getitems__), uint8.
 * device (data.decode=device): what the workers still do when the training device decodes:
   read the file, parse the JPEG header, draw the boxes (the decode and crops then cost device
   time, not measured here; data/decode.py).
