@@ -164,7 +164,7 @@ def kernels_per_s(images, n, size, local_n, local_size):
         work.append((encoded, boxes))
     t = time.process_time()
     for encoded, boxes in work:
-        img = decode_jpeg(encoded, mode=ImageReadMode.RGB)   # HWC memory: the crop copied out dense, the kernel's fast path
+        img = decode_jpeg(encoded, mode=ImageReadMode.RGB)   # HWC memory: crops copied out dense (the fast path)
         for (top, left, h, w), out in boxes:
             F.interpolate(img[None, :, top:top + h, left:left + w].contiguous(memory_format=torch.channels_last),
                           size=out, mode="bilinear", antialias=True, align_corners=False)

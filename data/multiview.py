@@ -74,8 +74,8 @@ def decode_pil(img, s):
 
 
 def decode_full(encoded):
-    """uint8 [3, H, W] RGB of JPEG bytes at full scale: libjpeg-turbo straight into a tensor
-    (channels-last strides), ~1.4x faster than Pillow's decode plus conversion."""
+    """uint8 [3, H, W] RGB of JPEG bytes at full scale: libjpeg-turbo straight into a tensor with
+    channels-last strides (0.79 ms for a 500x375 JPEG here; Pillow's decode + RGB array 1.59 ms)."""
     from torchvision.io import ImageReadMode, decode_jpeg   # torchvision's import costs each process a second:
     return decode_jpeg(encoded, mode=ImageReadMode.RGB)      # only runs that decode JPEGs pay it
 
@@ -94,9 +94,9 @@ def decode_for_resize(encoded, height, width, shorter):
 
 def jpeg_views(encoded, parts, outs=None):
     """Views of a JPEG given as its bytes (1-D uint8 tensor), decoded once for all `parts`
-    [(boxes, flips, size)] -> [uint8 [V, 3, size, size]], written into `outs` when given. At full scale torchvision's
-    decode_jpeg (libjpeg-turbo straight into a tensor; ~1.5x faster than Pillow's decode plus
-    conversion); at a draft scale Pillow's DCT-scaled decode and box resize."""
+    [(boxes, flips, size)] -> [uint8 [V, 3, size, size]] (written into `outs` when given): at
+    full scale by `decode_full` and `tensor_views`, at a draft scale by Pillow's DCT-scaled
+    decode and `pil_views`."""
     s = draft_scale([b for boxes, _, size in parts for b in boxes], [size for boxes, _, size in parts for _ in boxes])
     outs = outs or [None] * len(parts)
     if s == 1:
@@ -221,7 +221,7 @@ class MultiViewDataset(Dataset):
         shared = get_worker_info() is not None
         buffers = {p: view_buffer(len(keys), n, 3, sz, sz, shared=shared) for p, n, sz, _ in self.parts(sizes.pop())}
         items = [self.item(k, {p: buf[b] for p, buf in buffers.items()}) for b, k in enumerate(keys)]
-        batch = {"index": torch.tensor([it["index"] for it in items]), "label": torch.tensor([it["label"] for it in items])}
+        batch = {k: torch.tensor([it[k] for it in items]) for k in ("index", "label")}
         for p, buf in buffers.items():
             batch[p + "views"], batch[p + "rand"] = buf, torch.stack([it[p + "rand"] for it in items])
         return batch
