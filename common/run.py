@@ -268,9 +268,15 @@ def cli(run_main):
 def end_loader_workers():
     """Loader workers ignore SIGTERM (data.ignore_stop_signals), so multiprocessing's exit hook,
     which terminates leftover daemonic children with SIGTERM and joins them, would wait forever
-    for the workers of a loader that an error left open (a corrupt image, say). Collect the
-    loaders first (they shut their workers down), then kill whatever worker is left."""
-    gc.collect()
-    for child in multiprocessing.active_children():
+    for the workers of a loader that an error left open (a corrupt image, say), and that loader's
+    own shutdown waits 5 s per worker for them. The process is ending: kill the workers first
+    (torch's SIGCHLD handler, which would call that a worker failure, set aside), then let the
+    loaders go."""
+    children = multiprocessing.active_children()
+    if children:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
         child.kill()
+    for child in children:
         child.join(timeout=5)
+    gc.collect()
