@@ -18,7 +18,6 @@ resume, the cross-rank stop flag, the batch stream and the command-line error wr
         run.cli(lambda: main(parse_config(sys.argv[1:])))
 """
 import dataclasses
-import gc
 import glob
 import multiprocessing
 import os
@@ -268,10 +267,10 @@ def cli(run_main):
 def end_loader_workers():
     """Loader workers ignore SIGTERM (data.ignore_stop_signals), so multiprocessing's exit hook,
     which terminates leftover daemonic children with SIGTERM and joins them, would wait forever
-    for the workers of a loader that an error left open (a corrupt image, say), and that loader's
-    own shutdown waits 5 s per worker for them. The process is ending: kill the workers first
-    (torch's SIGCHLD handler, which would call that a worker failure, set aside), then let the
-    loaders go."""
+    for the workers of a loader that an error left open (a corrupt image, say); collecting that
+    loader instead waits 5 s per worker in its shutdown. The process is ending: kill the workers
+    (torch's SIGCHLD handler, which would call that a worker failure, set aside); the loaders
+    left are dropped at interpreter exit, where torch makes their shutdown a no-op."""
     children = multiprocessing.active_children()
     if children:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -279,4 +278,3 @@ def end_loader_workers():
         child.kill()
     for child in children:
         child.join(timeout=5)
-    gc.collect()
