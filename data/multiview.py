@@ -84,7 +84,7 @@ def decode_for_resize(encoded, height, width, shorter):
     """uint8 [3, h, w] RGB of JPEG bytes for a resize of the shorter side to `shorter`: decoded
     at the smallest DCT scale 1/s that keeps the shorter side >= `shorter` (so the resize still
     only shrinks; Pillow's draft), else at full scale."""
-    s = next(s for s in (8, 4, 2, 1) if min(height, width) >= s * shorter or s == 1)
+    s = draft_scale([(0, 0, height, width)], [shorter])   # the whole image as the one "crop"
     if s == 1:
         return decode_full(encoded)
     with Image.open(io.BytesIO(encoded.numpy())) as img:
