@@ -35,6 +35,12 @@ def _projection(old, new, interpolation, antialias):
     return torch.linalg.pinv(b.T)                                            # [q^2, p^2]
 
 
+@functools.lru_cache(maxsize=32)
+def _projection_on(old, new, interpolation, antialias, device, dtype):
+    """_projection on `device` in `dtype`, copied once (no host-to-device copy per step)."""
+    return _projection(old, new, interpolation, antialias).to(device=device, dtype=dtype, non_blocking=True)
+
+
 def resize_patch_embed(weight, new_size, interpolation="bicubic", antialias=True):
     """Map a patch-embedding kernel [D, C, p, p] to [D, C, q, q] by the pseudo-inverse solution of
     Eq. 3 (module docstring). Differentiable in `weight`, so a model trained through resized
@@ -43,6 +49,6 @@ def resize_patch_embed(weight, new_size, interpolation="bicubic", antialias=True
     old = tuple(weight.shape[-2:])
     if size == old:
         return weight
-    p = _projection(old, size, interpolation, antialias).to(device=weight.device, dtype=weight.dtype)
+    p = _projection_on(old, size, interpolation, antialias, weight.device, weight.dtype)
     flat = weight.reshape(-1, old[0] * old[1])
     return (flat @ p.T).reshape(*weight.shape[:-2], *size)

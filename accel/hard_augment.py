@@ -12,6 +12,7 @@ The selection pass runs the network in training mode, as the paper's pseudo-code
 statistics in BatchNorm), but leaves the BN running statistics untouched: they describe the
 training views, not the down-sampled ones.
 """
+import functools
 import itertools
 
 import torch
@@ -23,6 +24,12 @@ from models.batchnorm import frozen_bn_statistics
 
 def all_pairs(n):
     return list(itertools.combinations(range(n), 2))
+
+
+@functools.lru_cache(maxsize=16)
+def pair_table(pairs, device):
+    """The pairs as a [P, 2] index tensor on the device, copied once (no host copy per step)."""
+    return torch.tensor(pairs).to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -44,13 +51,14 @@ def choose(losses, pick="hard", generator=None):
     if pick == "easy":
         return losses.argmin(1)
     if pick == "random":
-        return torch.randint(losses.shape[1], (losses.shape[0],), generator=generator).to(losses.device)
+        draw = torch.randint(losses.shape[1], (losses.shape[0],), generator=generator)   # on the host
+        return draw.to(losses.device, non_blocking=True)
     raise ValueError(f"accel.hard_augment.pick '{pick}' is not one of hard, easy, random")
 
 
 def gather_pair(views, pairs, choice):
     """The two chosen views of every sample: [view_a, view_b], each [B, ...]."""
-    idx = torch.tensor(pairs, device=choice.device)[choice]  # [B, 2]
+    idx = pair_table(tuple(pairs), choice.device)[choice]  # [B, 2]
     stacked = torch.stack(views)                              # [V, B, ...]
     b = torch.arange(choice.shape[0], device=choice.device)
     return [stacked[idx[:, 0], b], stacked[idx[:, 1], b]]
@@ -59,7 +67,7 @@ def gather_pair(views, pairs, choice):
 def gather_others(outs, pairs, choice):
     """Per-view outputs of the n - 2 views each sample did not choose (extra targets)."""
     n, bsz = len(outs), choice.shape[0]
-    chosen = torch.tensor(pairs, device=choice.device)[choice]
+    chosen = pair_table(tuple(pairs), choice.device)[choice]
     keep = torch.ones(bsz, n, dtype=torch.bool, device=choice.device)
     keep[torch.arange(bsz, device=choice.device)[:, None], chosen] = False
     # ascending view indices per sample (a stable sort puts the kept ones first, in order; unlike

@@ -51,7 +51,7 @@ def crop_positions(b, h, w, crop, m, generator):
 def crops(x, positions, size):
     """[M, B, C, ch, cw] crops of x [B, C, H, W]: crop k of image i is
     x[i, :, ys[k, i]:ys[k, i] + ch, xs[k, i]:xs[k, i] + cw]. One gather (differentiable)."""
-    ys, xs = (t.to(x.device) for t in positions)
+    ys, xs = (t.to(x.device, non_blocking=True) for t in positions)   # drawn on the host
     ch, cw = size
     rows = (ys[..., None] + torch.arange(ch, device=x.device))[..., :, None]     # [M, B, ch, 1]
     cols = (xs[..., None] + torch.arange(cw, device=x.device))[..., None, :]     # [M, B, 1, cw]

@@ -28,9 +28,15 @@ def select(losses, batch_size, beta, generator=None):
     n = losses.shape[0]
     if batch_size > n:
         raise ValueError(f"cannot select {batch_size} samples from a large batch of {n}")
-    order = torch.argsort(losses.detach().float().cpu(), stable=True)      # ascending loss
-    ranks = torch.multinomial(selection_weights(n, beta), batch_size, replacement=False, generator=generator)
-    return order[ranks].to(losses.device)
+    order = torch.argsort(losses.detach(), stable=True)      # ascending loss, on the device
+    # Which ranks to keep needs only n and beta, not the losses, so it is drawn on the host and
+    # no device value is read (common/host_sync.py). Efraimidis & Spirakis (2006): with
+    # u ~ U(0, 1), the batch_size largest keys u^(1/w) (here log u / w) are a draw without
+    # replacement with probabilities proportional to w, one sample after another, the same law
+    # as torch.multinomial(w, batch_size, replacement=False).
+    keys = torch.rand(n, generator=generator, dtype=torch.float64).log() / selection_weights(n, beta)
+    ranks = torch.topk(keys, batch_size).indices
+    return order[ranks.to(losses.device, non_blocking=True)]
 
 
 def select_greedy(losses, batch_size):

@@ -44,7 +44,7 @@ def drop_tokens(tokens, drop_ratio, generator=None, num_prefix=0):
     if drop_ratio == 0.0 or keep >= n:
         return tokens
     scores = torch.rand(b, n, generator=generator)          # CPU draw: same numbers on any device
-    idx = scores.argsort(dim=1)[:, :keep].sort(dim=1).values.to(tokens.device)
+    idx = scores.argsort(dim=1)[:, :keep].sort(dim=1).values.to(tokens.device, non_blocking=True)
     kept = tokens[:, num_prefix:].gather(1, idx[:, :, None].expand(-1, -1, d))
     return torch.cat([tokens[:, :num_prefix], kept], 1) if num_prefix else kept
 

@@ -5,11 +5,11 @@ resume, the cross-rank stop flag, the batch stream and the command-line error wr
     ddp = run.wrap_ddp(model, rt)
     ckpt = run.Checkpointer(cfg.output_dir, rt, cfg)
     state = ckpt.restore(model=model, optimizer=optimizer)   # {} when starting fresh
-    stop = run.StopFlag(rt.device)                      # SIGTERM / SIGINT / SIGUSR1 -> save and exit
+    stop = run.StopFlag(rt.device, cfg.train.check_every)   # SIGTERM / SIGINT / SIGUSR1 -> save and exit
     ...
-    stop_requested, diverged = stop.check(loss)         # all ranks, every step
+    stop_requested, diverged = stop.check(loss, step, force=saving)   # reads every check_every steps
     if diverged:
-        raise run.Diverged(step, ckpt.path)              # exit code EXIT_DIVERGED, nothing saved
+        raise run.Diverged(diverged, ckpt.path)          # exit code EXIT_DIVERGED, nothing saved
     if stop_requested:
         ckpt.save(step=step, model=model, optimizer=optimizer)
         raise run.Stopped(step, stop.signum)             # exit code EXIT_STOPPED: resume me
@@ -17,6 +17,7 @@ resume, the cross-rank stop flag, the batch stream and the command-line error wr
     if __name__ == "__main__":
         run.cli(lambda: main(parse_config(sys.argv[1:])))
 """
+import ctypes
 import dataclasses
 import glob
 import multiprocessing
@@ -29,7 +30,8 @@ import zipfile
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import checkpoint, dist
+from common import checkpoint, dist, host_sync
+from common.host_sync import HostSyncError
 from common.config import ConfigError, InputError, diff_configs
 
 # A run stopped early (pre-emption, time limit warning, Ctrl-C) exits with this code, not 0, so a
@@ -40,6 +42,8 @@ EXIT_STOPPED = 75
 EXIT_BAD_INPUT = 2
 # The loss or the weights became NaN / inf: the last good checkpoint is kept, nothing newer is saved.
 EXIT_DIVERGED = 3
+# A step that does not log synchronised the host with the device under train.forbid_sync=true.
+EXIT_HOST_SYNC = 4
 # SIGTERM: scancel, Slurm's time limit and pre-emption, `timeout`; SIGINT: Ctrl-C; SIGUSR1:
 # `sbatch --signal=USR1@90`; SIGUSR2: submitit's time-limit / pre-emption warning (submit.py).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
@@ -94,17 +98,98 @@ def setup(train_cfg):
         torch.set_num_threads(train_cfg.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    else:
+        keep_freed_memory()
     torch.manual_seed(train_cfg.seed)
     return rt
 
 
+def keep_freed_memory():
+    """On the CPU a step's tensors (a batch of views, activations: tens of MB each) are allocated
+    and freed every step. glibc's malloc hands blocks above its mmap threshold back to the system
+    when they are freed and maps them again, zero-filled page by page, on the next allocation,
+    so each step pays its page faults again (benchmarks/step_overhead.py measured SimSiam's loop
+    overhead at batch 256 falling from 94 to 31-42 ms per step with these settings, most of it in
+    the device augmentation). Keep such blocks in the heap for reuse: blocks up to 256 MB come
+    from the heap (M_MMAP_THRESHOLD), which is given back only beyond 1 GB free (M_TRIM_THRESHOLD).
+    Loader workers forked afterwards inherit it. Other C libraries (musl, macOS): left alone."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3   # malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, 256 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 def wrap_ddp(model, rt, find_unused_parameters=False):
-    """DistributedDataParallel over the ranks (the model itself on one rank). Gradients are
-    averaged over ranks, so a loss that is a mean over the local batch gives the global mean."""
-    if rt.world == 1:
+    """DistributedDataParallel whenever a process group is up (torchrun, one rank included: the
+    nccl / gloo path then runs as on a node); the model itself otherwise. Gradients are averaged
+    over ranks, so a loss that is a mean over the local batch gives the global mean.
+    gradient_as_bucket_view: gradients live in the all-reduce buckets (no copy, less memory).
+    static_graph: the same parameters get gradients every step, which lets DDP skip its per-step
+    search for unused ones; not with partial back-propagation (find_unused_parameters), where
+    blocks and heads sit out some steps."""
+    if not dist.is_dist():
         return model
     return DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-               find_unused_parameters=find_unused_parameters)
+               find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True,
+               static_graph=not find_unused_parameters)
+
+
+def compile_units(model):
+    """The modules train.compile compiles: each backbone's repeated blocks (`compile_units()`:
+    ResNet stages, ViT blocks), wherever they sit (online and momentum encoders, classifiers), so
+    sequence compression, partial back-propagation and losses stay eager between them; a model
+    without such blocks is compiled whole."""
+    units = [u for m in model.modules() if hasattr(m, "compile_units") for u in m.compile_units()]
+    return units or [model]
+
+
+class Compiled:
+    """train.compile: torch.compile each unit in place (nn.Module.compile: state_dict keys
+    unchanged), one graph per distinct input shape (dynamic=False: the schedules change shapes in
+    a few stages, each worth its own static graph). `shapes`: how many distinct step shapes the
+    run's schedules produce (resolutions x compression stages); the recompile limit is set from it
+    (x4: training / evaluation mode, with / without gradient) and hitting it is an error, never a
+    silent fall-back to eager. Units of one class share compiled code (ResNet stages are all
+    nn.Sequential), so the limit also counts the distinct units (by parameter shapes; a ViT's
+    blocks are one). `report(step)` returns a line when new graphs were compiled."""
+
+    def __init__(self, model, train_cfg, shapes=1):
+        import torch._dynamo
+        self.enabled = bool(train_cfg.compile)
+        self.graphs = 0
+        if not self.enabled:
+            return
+        units = compile_units(model)
+        kinds = len({(type(u), tuple(p.shape for p in u.parameters())) for u in units})
+        # x2 with train.forbid_sync on the CPU: its TorchFunctionMode is part of dynamo's guards
+        self.limit = 4 * max(1, int(shapes)) * kinds * (2 if train_cfg.get("forbid_sync") else 1) + 8
+        torch._dynamo.config.recompile_limit = self.limit
+        torch._dynamo.config.accumulated_recompile_limit = max(256, 4 * self.limit)
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
+        for unit in units:
+            unit.compile(backend=train_cfg.compile_backend, dynamic=False)
+
+    def metrics(self):
+        return {"compiled_graphs": self.graphs} if self.enabled else {}
+
+    def report(self, step):
+        if not self.enabled:
+            return None
+        from torch._dynamo.utils import counters
+        graphs = counters["stats"]["unique_graphs"]
+        if graphs == self.graphs:
+            return None
+        self.graphs = graphs
+        return f"torch.compile: {graphs} graph(s) after step {step} (recompile limit {self.limit} per unit)"
+
+
+def memory_metrics(device):
+    """Peak device memory since the start, for log lines (CUDA only)."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30}
 
 
 def stream(loader, sampler, start_step):
@@ -113,7 +198,13 @@ def stream(loader, sampler, start_step):
     epoch, skip = divmod(start_step, sampler.steps_per_epoch)
     while True:
         sampler.set_epoch(epoch, skip)
-        yield from loader
+        batches = iter(loader)
+        while True:
+            with host_sync.allowed():   # the loader's work (in this process with workers=0) is host data
+                batch = next(batches, None)
+            if batch is None:
+                break
+            yield batch
         epoch, skip = epoch + 1, 0
 
 
@@ -192,16 +283,28 @@ def load_checkpoint(path):
 
 
 class StopFlag:
-    """SIGTERM (Slurm's scancel and time limit, `timeout`), SIGINT (Ctrl-C) and SIGUSR1 (Slurm's
-    `--signal=USR1@90` warning) ask the run to stop. Ranks may receive the signal a step apart,
-    so `check(loss)` all-reduces the flag with the loss's finiteness (two scalars per step) and every rank stops at the same step.
+    """SIGTERM (Slurm's scancel and time limit, `timeout`), SIGINT (Ctrl-C), SIGUSR1 (Slurm's
+    `--signal=USR1@90` warning) and SIGUSR2 (submitit) ask the run to stop; a non-finite loss
+    ends it (Diverged). Ranks may receive the signal a step apart, so the flags are all-reduced and
+    every rank stops at the same step.
+
+    Reading the flags waits for the device (common/host_sync.py), so `check(loss, step)` only
+    marks a non-finite loss on the device, and reads the flags every `every` steps
+    (train.check_every) or when forced (log lines, saves, the last step): a signal stops the run
+    within `every` steps. A diverged run is reported with the first step whose loss was not
+    finite; nothing is saved after it, because every save forces a check first and
+    Checkpointer.save refuses non-finite weights.
     Loader workers ignore these signals (data/__init__.py), so a signal sent to the whole process
     group reaches the main process alone in effect."""
 
     active = None   # the StopFlag of this process, for `cli`'s hand-over
+    NONE = 2.0 ** 52   # "no non-finite loss yet": larger than any step, exact in float64
 
-    def __init__(self, device):
-        self.device, self.signum = device, None
+    def __init__(self, device, every=1):
+        if every < 1:
+            raise ConfigError(f"train.check_every={every} must be >= 1")
+        self.device, self.every, self.signum = device, every, None
+        self.first_bad = torch.full((), self.NONE, dtype=torch.float64, device=device)
         # a launcher's own handlers (submitit's checkpoint-and-requeue) run after our checkpoint
         self.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
         for s in STOP_SIGNALS:
@@ -219,14 +322,25 @@ class StopFlag:
     def _handle(self, signum, frame):
         self.signum = signum
 
-    def check(self, loss):
-        """(stop requested on any rank, loss non-finite on any rank): one all-reduce of two
-        scalars, so checking every step costs one small synchronisation."""
-        flags = torch.stack([torch.tensor(0.0 if self.signum is None else 1.0, device=loss.device),
-                             (~torch.isfinite(loss.detach().float())).float()])
-        flags = dist.all_reduce_sum(flags).tolist()
-        return flags[0] > 0, flags[1] > 0
+    def due(self, step):
+        """Whether `check` reads the flags after `step` steps without being forced."""
+        return step % self.every == 0
 
+    def check(self, loss, step, force=False):
+        """After `step` steps (the loss of the last one given): (stop requested on any rank, the
+        first step with a non-finite loss on any rank or None). Reads the flags (one all-reduce
+        and one device-to-host copy) only when due or forced; otherwise (False, None) and no
+        synchronisation."""
+        bad = ~torch.isfinite(loss.detach().float())
+        self.first_bad = torch.where(bad, torch.minimum(self.first_bad, torch.full_like(self.first_bad, step)),
+                                     self.first_bad)
+        if not (force or self.due(step)):
+            return False, None
+        signalled = torch.full((), 0.0 if self.signum is None else 1.0, dtype=torch.float64, device=self.device)
+        # one MAX all-reduce: the stop flag, and minus the earliest diverged step over ranks
+        flags = dist.all_reduce_max(torch.stack([signalled, -self.first_bad])).tolist()
+        first = -flags[1]
+        return flags[0] > 0, (int(first) if first < self.NONE else None)
 
 
 def one_line(e):
@@ -251,6 +365,9 @@ def cli(run_main):
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         code = EXIT_DIVERGED
+    except HostSyncError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        code = EXIT_HOST_SYNC
     except Stopped as e:
         if dist.is_main():
             print(str(e), file=sys.stderr, flush=True)

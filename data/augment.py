@@ -12,6 +12,7 @@ so m = 0 is the identity on colour. Crop, flip, blur and solarisation do not dep
 Operation order is fixed (brightness, contrast, saturation, hue), where torchvision's
 ColorJitter shuffles it; hue is a rotation of the chroma plane in YIQ space.
 """
+import functools
 import math
 
 import torch
@@ -26,8 +27,18 @@ _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211,
 _YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
 
 
+def _on(const, like):
+    """A module constant on `like`'s device and dtype, copied once (no host-to-device copy per step)."""
+    return _on_device(const, like.device, like.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _on_device(const, device, dtype):
+    return const.to(device=device, dtype=dtype, non_blocking=True)
+
+
 def _gray(x):
-    return torch.einsum("nchw,c->nhw", x, _GRAY.to(x)).unsqueeze(1)
+    return torch.einsum("nchw,c->nhw", x, _on(_GRAY, x)).unsqueeze(1)
 
 
 def _blend(x, other, factor):
@@ -42,7 +53,7 @@ def _hue_rotate(x, turns):
     rot = torch.zeros(n, 3, 3, dtype=x.dtype, device=x.device)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    m = _YIQ2RGB.to(x) @ rot @ _RGB2YIQ.to(x)  # [n, 3, 3]
+    m = _on(_YIQ2RGB, x) @ rot @ _on(_RGB2YIQ, x)  # [n, 3, 3]
     return torch.einsum("nij,njhw->nihw", m, x).clamp_(0, 1)
 
 
@@ -59,6 +70,12 @@ def _gaussian_blur(x, sigma):
     return y.view(n, c, h, w)
 
 
+@functools.lru_cache(maxsize=64)
+def _view_probs(per_view, bsz, device):
+    """[B * V] probabilities (view-major within each image, as views.flatten(0, 1)) on the device."""
+    return torch.tensor(per_view).to(device, non_blocking=True)[None].expand(bsz, len(per_view)).flatten()
+
+
 class DeviceAugment:
     def __init__(self, aug_cfg):
         self.jitter = [float(v) for v in aug_cfg.jitter]
@@ -70,7 +87,7 @@ class DeviceAugment:
         self.std = torch.tensor(aug_cfg.std).view(1, 3, 1, 1)
 
     def normalize(self, x):
-        return (x - self.mean.to(x)) / self.std.to(x)
+        return (x - _on(self.mean, x)) / _on(self.std, x)
 
     def resize(self, x, resolution):
         if resolution and resolution != x.shape[-1]:
@@ -80,7 +97,12 @@ class DeviceAugment:
 
     def colour(self, x, rand, magnitude, blur_prob=0.0, solarize_prob=0.0):
         """Photometric operations on float images in [0, 1]; `rand` [N, N_RAND] uniform;
-        blur_prob and solarize_prob: numbers or per-image [N] tensors."""
+        blur_prob and solarize_prob: numbers or per-image [N] tensors on x's device.
+
+        No data-dependent branch or shape (common/host_sync.py): grayscale, blur and solarisation
+        are computed for the whole batch and applied by mask; whether each runs at all follows
+        from the config (a probability > 0), never from a tensor. The blur of a whole batch costs
+        a few depthwise 1-D convolutions, small against the network's step."""
         s = magnitude / STANDARD_MAGNITUDE
         if s > 0:
             b, c, sat, hue = (j * s for j in self.jitter)
@@ -91,27 +113,35 @@ class DeviceAugment:
             x = _blend(x, _gray(x), (1 + sat * u(R_SAT)).clamp_min(0))
             if hue > 0:
                 x = _hue_rotate(x, hue * u(R_HUE))
-            gray = rand[:, R_GRAY] < min(1.0, self.gray_prob * s)
-            if gray.any():
+            if self.gray_prob > 0:
+                gray = rand[:, R_GRAY] < min(1.0, self.gray_prob * s)
                 x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
-        blur_prob = torch.as_tensor(blur_prob, dtype=rand.dtype, device=rand.device).expand(rand.shape[0])
-        solarize_prob = torch.as_tensor(solarize_prob, dtype=rand.dtype, device=rand.device).expand(rand.shape[0])
-        if blur_prob.max() > 0:
-            sel = (rand[:, R_BLUR] < blur_prob).nonzero().flatten()
-            if len(sel):
-                # the blur's sigma reuses the slot's value, rescaled within the chosen fraction
-                frac = rand[sel, R_BLUR] / blur_prob[sel]
-                sigma = self.blur_sigma[0] + frac * (self.blur_sigma[1] - self.blur_sigma[0])
-                x = x.index_copy(0, sel, _gaussian_blur(x[sel], sigma.to(x)))
-        if solarize_prob.max() > 0:
+        if self._any(blur_prob):
+            blur = rand[:, R_BLUR] < blur_prob
+            # the blur's sigma reuses the slot's value, rescaled within the chosen fraction (images
+            # not blurred get some sigma in range too: their blur is computed and discarded)
+            frac = (rand[:, R_BLUR] / (blur_prob.clamp_min(1e-12) if torch.is_tensor(blur_prob)
+                                       else max(blur_prob, 1e-12))).clamp(max=1.0)
+            sigma = self.blur_sigma[0] + frac * (self.blur_sigma[1] - self.blur_sigma[0])
+            x = torch.where(blur.view(-1, 1, 1, 1), _gaussian_blur(x, sigma.to(x)), x)
+        if self._any(solarize_prob):
             sol = (rand[:, R_SOLAR] < solarize_prob).view(-1, 1, 1, 1)
             x = torch.where(sol & (x >= 0.5), 1 - x, x)
         return x
 
+    @staticmethod
+    def _any(prob):
+        """Whether an operation can run at all: a float from the config (> 0), or the per-image
+        tensor view_probs builds only when some view's probability is > 0."""
+        return torch.is_tensor(prob) or prob > 0
+
     def view_probs(self, probs, bsz, nv, device):
-        """Per-image probabilities for a [B, V] batch: view v takes probs[min(v, len - 1)]."""
-        p = torch.tensor([probs[min(v, len(probs) - 1)] for v in range(nv)], device=device)
-        return p[None].expand(bsz, nv).flatten()
+        """Per-image probabilities for a [B, V] batch: view v takes probs[min(v, len - 1)]; 0.0
+        when every one is 0 (the operation is then skipped). Cached on the device."""
+        per_view = tuple(float(probs[min(v, len(probs) - 1)]) for v in range(nv))
+        if not any(p > 0 for p in per_view):
+            return 0.0
+        return _view_probs(per_view, bsz, device)
 
     def __call__(self, views, rand, magnitude, resolution=0, channels_last=False, dtype=torch.float32, local=False):
         """views uint8 [B, V, 3, S, S] (on the device), rand [B, V, N_RAND] -> list of V
@@ -121,11 +151,11 @@ class DeviceAugment:
         x = views.flatten(0, 1).to(torch.float32).div_(255)
         x = self.resize(x, resolution)
         if local:
-            blur, solar = self.local_blur_prob, self.local_solarize_prob
+            blur, solar = float(self.local_blur_prob), float(self.local_solarize_prob)
         else:
             blur = self.view_probs(self.blur_prob, bsz, nv, x.device)
             solar = self.view_probs(self.solarize_prob, bsz, nv, x.device)
-        x = self.normalize(self.colour(x, rand.flatten(0, 1).to(x.device), magnitude, blur, solar))
+        x = self.normalize(self.colour(x, rand.flatten(0, 1).to(x.device, non_blocking=True), magnitude, blur, solar))
         x = x.to(dtype).view(bsz, nv, *x.shape[1:])
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return [x[:, v].contiguous(memory_format=fmt) for v in range(nv)]

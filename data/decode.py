@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
+from common import host_sync
+
 
 def collate(items):
     """default_collate of the loader's dicts, except: `encoded` (variable-length JPEG bytes,
@@ -43,7 +45,9 @@ def crop_views(img, boxes, flips, size):
     [V, 4] (top, left, h, w) and flips [V] on the CPU."""
     x = img.float()
     views = []
-    for (top, left, h, w), flip in zip(boxes.tolist(), flips.tolist()):
+    with host_sync.allowed():   # boxes and flips are the loader's host data, never on the device
+        boxes, flips = boxes.tolist(), flips.tolist()
+    for (top, left, h, w), flip in zip(boxes, flips):
         v = F.interpolate(x[None, :, top:top + h, left:left + w], size=(size, size), mode="bilinear",
                           antialias=True, align_corners=False)
         views.append(v.flip(-1) if flip else v)
@@ -75,7 +79,7 @@ def decode_images(encoded, device):
 def device_batch(batch, device):
     """A loader batch on `device` with views uint8 [B, V, 3, S, S] and rand [B, V, N_RAND] (and
     local_views / local_rand for multi-crop), whichever side decoded it."""
-    nb = torch.device(device).type == "cuda"
+    nb = True   # pinned on CUDA: the copy overlaps; on the CPU a no-op. Never a blocking copy in a step
     if "encoded" not in batch:
         return {k: v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     images = decode_images(batch["encoded"], device)
@@ -83,7 +87,8 @@ def device_batch(batch, device):
     for p in ("", "local_"):
         if p + "boxes" not in batch:
             continue
-        size = int(batch[p + "size"][0])
+        with host_sync.allowed():   # host data from the loader
+            size = int(batch[p + "size"][0])
         out[p + "views"] = torch.stack([crop_views(img, b, f, size) for img, b, f in
                                         zip(images, batch[p + "boxes"], batch[p + "flips"])])
         out[p + "rand"] = batch[p + "rand"].to(device, non_blocking=nb)

@@ -97,7 +97,7 @@ def _swapped_forwards(layers, make_forward):
 def _batch_stats(m, x):
     """(mean, biased variance, count) of x per channel, over all ranks for a global-batch layer."""
     xf = _acc(x)
-    count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=xf.dtype)
+    count = torch.full((1,), x.numel() / x.shape[1], device=x.device, dtype=xf.dtype)
     if _is_global(m):
         s = torch.cat([xf.sum(_dims(x)), (xf * xf).sum(_dims(x)), count])
         tdist.all_reduce(s)

@@ -54,6 +54,12 @@ def sincos_2d(h, w, dim, scale=1.0, temperature=10000.0):
     return torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], 1)[None]
 
 
+@functools.lru_cache(maxsize=64)
+def sincos_on(h, w, dim, scale, device, dtype):
+    """sincos_2d on `device` in `dtype`, copied once per grid (no host-to-device copy per step)."""
+    return sincos_2d(h, w, dim, scale).to(device=device, dtype=dtype, non_blocking=True)
+
+
 class Block(nn.Module):
     def __init__(self, dim, heads, mlp_ratio=4.0):
         super().__init__()
@@ -96,6 +102,11 @@ class ViT(nn.Module):
             # (loss spikes) that starts in the first layer
             self.patch_embed.requires_grad_(False)
 
+    def compile_units(self):
+        """What train.compile compiles (common/run.py): the blocks, one graph per token count;
+        patch embedding, token dropout and the class token stay eager between them."""
+        return list(self.blocks)
+
     def tokens(self, x, patch_size=0):
         """Patch tokens with position embeddings for this input's grid: [B, N, dim]. patch_size
         other than the model's: the kernel is resized by Eq. 3's pseudo-inverse (flexi_patch), and
@@ -107,7 +118,7 @@ class ViT(nn.Module):
         else:
             x = self.patch_embed(x)
         b, d, h, w = x.shape
-        return x.flatten(2).transpose(1, 2) + sincos_2d(h, w, d, q / self.patch_size).to(x)
+        return x.flatten(2).transpose(1, 2) + sincos_on(h, w, d, q / self.patch_size, x.device, x.dtype)
 
     def encode(self, x):
         """Class-token feature of a token sequence [B, N, dim] (N free)."""

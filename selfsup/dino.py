@@ -151,7 +151,7 @@ class DINO(SSLMethod):
     def update_state(self, outs, pairs):
         """Centre update (DINO Eq. 4) with the teacher outputs of all global views, all ranks."""
         t = upcast(torch.cat([t for _, t in outs], 0))
-        total = dist.all_reduce_sum(torch.cat([t.sum(0), t.new_tensor([t.shape[0]])]))
+        total = dist.all_reduce_sum(torch.cat([t.sum(0), torch.full((1,), t.shape[0], dtype=t.dtype, device=t.device)]))
         batch_center = total[:-1] / total[-1]
         m = self.cfg.center_momentum
         self.center.mul_(m).add_((1 - m) * batch_center[None])

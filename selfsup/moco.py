@@ -58,7 +58,8 @@ def shuffled_forward(encoder, x, step, compression=None):
         return encoder(x, compression)
     bsz = x.shape[0]
     x_all = dist.all_gather_no_grad(x)
-    perm = torch.randperm(x_all.shape[0], generator=torch.Generator().manual_seed(int(step))).to(x.device)
+    perm = torch.randperm(x_all.shape[0], generator=torch.Generator().manual_seed(int(step)))
+    perm = perm.to(x.device, non_blocking=True)   # drawn on the host: no device value is read
     mine = slice(dist.rank() * bsz, (dist.rank() + 1) * bsz)
     k_all = dist.all_gather_no_grad(encoder(x_all[perm[mine]], compression))    # k_all[j] = key of image perm[j]
     return k_all[torch.argsort(perm)[mine]]

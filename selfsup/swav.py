@@ -57,7 +57,7 @@ def sinkhorn(scores, epsilon, iters):
     shift = dist.all_reduce_max(scores.max().clone())   # one shift for all ranks keeps exp finite
     q = torch.exp((scores - shift) / epsilon).T         # [K, B_local]
     k = q.shape[0]
-    b = dist.all_reduce_sum(torch.tensor([float(q.shape[1])], device=q.device)).item()
+    b = float(q.shape[1] * dist.world_size())   # every rank scores as many samples (equal local batches)
     q /= dist.all_reduce_sum(q.sum().clone())
     for _ in range(iters):
         q /= dist.all_reduce_sum(q.sum(1, keepdim=True)) * k   # rows: each prototype 1/K
