@@ -4,8 +4,8 @@ Precedence (lowest first): the defaults in this file (and the per-method default
 `selfsup/<method>.py` declares), the YAML file chain (a file may name a `base:` file it
 inherits from), then command-line overrides. Every key must exist in the defaults: an unknown
 key is an error that names the key and the closest valid one. Values are type-checked against
-the default's type (an int is accepted where a float is expected; a default of None accepts
-anything).
+the default's type (an int is accepted where a float is expected; a default of "auto" also
+accepts true / false; a default of None accepts anything).
 """
 import argparse
 import copy
@@ -112,8 +112,27 @@ SHARED = {
         "batch_size": 512,            # global batch, split evenly across ranks
         "seed": 0,
         "device": "auto",             # auto | cpu | cuda
-        "amp": "none",                # none | bf16 | fp16 (CUDA only)
-        "channels_last": False,
+        # auto | none | bf16 | fp16 (CUDA only). auto: bf16 where the hardware computes it natively
+        # (CUDA devices that support it; CPUs with AVX512-BF16 or AMX), none elsewhere and with
+        # train.float64. Autocast keeps losses, softmax and normalisations in float32; weights,
+        # optimizer state, EMA targets and queues stay float32 (common/precision.py). The value
+        # actually used is written back here, so config.yaml and checkpoints record it.
+        "amp": "auto",
+        # auto | true | false: channels-last activations. auto: on for convolutional backbones
+        # under bf16 / fp16 autocast (benchmarks/precision.py), off for ViTs and in float32.
+        "channels_last": "auto",
+        # torch.compile the model's training forward and backward (one graph per distinct step
+        # shape; the recompile limit is set from the run's schedules, and hitting it is an error,
+        # never a silent fall-back to eager). compile_backend: inductor, or aot_eager / eager to debug.
+        "compile": False,
+        "compile_backend": "inductor",
+        # Steps between reads of the cross-rank stop / divergence flags: each read waits for the
+        # device, so a step that neither logs nor checks never does (a signal stops the run within
+        # this many steps; log lines, saves and the last step check too). 1: every step.
+        "check_every": 10,
+        # true: a step that does not log raises at any host-device synchronisation (CUDA:
+        # torch.cuda.set_sync_debug_mode("error"); CPU: reads of tensor values, common/host_sync.py)
+        "forbid_sync": False,
         "sync_bn": False,             # all BatchNorm layers use global-batch statistics
         "threads": 0,                 # torch intra-op threads per rank; 0 = torch default
         "log_every": 10,              # steps between metrics.jsonl lines
@@ -199,8 +218,8 @@ def _coerce(key, value, default):
                 pass
         raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
     if isinstance(default, str):
-        if isinstance(value, str):
-            return value
+        if isinstance(value, str) or (default == "auto" and isinstance(value, bool)):
+            return value   # a key whose default is "auto" also takes true / false
         raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
     if isinstance(default, list):
         if not isinstance(value, list):

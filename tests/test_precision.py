@@ -1,0 +1,43 @@
+"""train.amp=auto and train.channels_last=auto resolve to what the hardware and backbone run best
+(common/precision.py), once, and the resolved values are what the run records."""
+import pytest
+import torch
+
+from common import precision
+from common.config import ConfigError
+from train_ssl import parse_config
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch, native):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: native)
+    cfg = parse_config([])
+    assert (cfg.train.amp, cfg.train.channels_last) == ("auto", "auto")
+    dtype = precision.resolve(cfg.train, CPU, conv=True)
+    assert dtype is (torch.bfloat16 if native else None)
+    assert cfg.train.amp == ("bf16" if native else "none")          # written back: config.yaml records it
+    assert cfg.train.channels_last is native                         # NHWC for convolutions under autocast
+    vit = parse_config(["model.arch=vit_t16"])
+    precision.resolve(vit.train, CPU, conv=False)
+    assert vit.train.channels_last is False                          # nothing to reorder in a ViT
+    exact = parse_config(["train.float64=true"])
+    assert precision.resolve(exact.train, CPU, conv=True) is None and exact.train.amp == "none"
+
+
+def test_explicit_values_are_kept_and_checked(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    cfg = parse_config(["train.amp=none", "train.channels_last=true"])
+    assert precision.resolve(cfg.train, CPU, conv=False) is None and cfg.train.channels_last is True
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        precision.resolve(parse_config(["train.amp=fp16"]).train, CPU, conv=True)
+    with pytest.raises(ConfigError, match="channels_last 'sometimes'"):
+        precision.resolve(parse_config(["train.channels_last=sometimes"]).train, CPU, conv=True)
+    with pytest.raises(ConfigError, match="expects a string"):
+        parse_config(["train.channels_last=3"])
+
+
+def test_the_native_check_reads_the_cpu_flags():
+    flags = (torch.cpu._is_avx512_bf16_supported(), torch.cpu._is_amx_tile_supported())
+    assert precision.native_bf16(CPU) is any(flags)
