@@ -103,7 +103,8 @@ def main(ckpt_path, state, cfg):
         raise ConfigError(f"eval.batch_size={ev.batch_size} exceeds the {n_train} training images")
     total = ev.epochs * steps_per_epoch
     lr = ev.lr * ev.batch_size / 256
-    opt = build_optimizer(ev.optimizer, [{"params": head.parameters()}], lr, ev.momentum, ev.weight_decay)
+    opt = build_optimizer(ev.optimizer, [{"params": head.parameters()}], lr, ev.momentum, ev.weight_decay,
+                          device=device)
     lr_schedule = schedules.cosine(total, lr)
 
     if ev.augment:  # fresh random crops each epoch, through the frozen backbone

@@ -118,7 +118,7 @@ def main(cfg):
     model.to(device)
     ddp = run.wrap_ddp(model, rt, find_unused_parameters=blockwise)
     optimizer = build_optimizer(cfg.optim.name, model.param_groups(), lf.lr_start, cfg.optim.momentum,
-                                cfg.optim.weight_decay)
+                                cfg.optim.weight_decay, device=device)
     model.prepare(lf.steps, sampler.steps_per_epoch)
     fixed_lr = base_lr(cfg)                      # for fix_lr groups only
     batches = iter(())

@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from common import dist, run
+from common import dist, host_sync, precision, run
 from common import plan as planning
-from common.config import ConfigError, parse_cli
+from common.config import SHARED, ConfigError, parse_cli
 from common.logger import LossWindow, RunLogger, write_run_files
+from common.optim import implementation as optimizer_impl
 from data import ignore_stop_signals
 from data.depth import DepthDataset, build_depth_images, labeled_indices
 from data.sampler import EpochSampler
@@ -86,6 +87,8 @@ DEPTH_DEFAULTS = {
         "seed": 0,
         "device": "auto",
         "sync_bn": False,                 # global-batch BN across ranks (models/batchnorm.py)
+        # amp, channels_last, compile, compile_backend, check_every, forbid_sync: as in
+        # common/config.py SHARED (one meaning, one default: copied from there below)
         "threads": 0,
         "log_every": 10,
         "ckpt_every_steps": 200,
@@ -99,6 +102,8 @@ DEPTH_DEFAULTS = {
         "batch_size": 32,
     },
 }
+DEPTH_DEFAULTS["train"].update({k: SHARED["train"][k] for k in (
+    "amp", "channels_last", "compile", "compile_backend", "check_every", "forbid_sync")})
 MEAN, STD = 0.45, 0.225                   # input normalisation of [0, 1] images
 
 
@@ -149,8 +154,8 @@ def flip(batch, prob):
     """Horizontal flip of image (and depth) for a random subset of the batch (torch's RNG)."""
     if prob <= 0:
         return batch
-    f = torch.rand(batch["image"].shape[0]) < prob
-    return {k: torch.where(f.view(-1, 1, 1, 1).to(v.device), v.flip(-1), v) for k, v in batch.items()}
+    f = (torch.rand(batch["image"].shape[0]) < prob).view(-1, 1, 1, 1)   # drawn on the host
+    return {k: torch.where(f.to(v.device, non_blocking=True), v.flip(-1), v) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -182,26 +187,39 @@ def reestimation_batches(dataset, local_batch, n_batches, cfg, rt, device):
         epoch += 1
 
 
-def train_step(ddp, optimizer, batch, unlabeled, cfg, device):
+def on_device(batch, device, channels_last=False):
+    """A loader batch on the device (non-blocking copies), images channels-last if asked."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if channels_last:
+        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def train_step(ddp, optimizer, scaler, batch, unlabeled, cfg, device, amp_dtype):
     """One Adam step on the multi-scale loss of the labeled batch. With UBN (`unlabeled` given),
-    step 1 takes BN statistics of {x, y}, step 2 forwards x with them (models/ubn.py)."""
-    batch = flip(batch, cfg.data.flip_prob)
-    x, gt = (batch["image"].to(device) - MEAN) / STD, batch["depth"].to(device)
-    if unlabeled is not None:
-        y = (flip(unlabeled, cfg.data.flip_prob)["image"].to(device) - MEAN) / STD
-        depths = ubn.forward(ddp, x, y, cfg.ubn.grad_through_stats)
-    else:
-        depths = ddp(x)
-    loss = multiscale_loss(depths, gt, cfg.loss.kind, cfg.loss.max_depth)
+    step 1 takes BN statistics of {x, y}, step 2 forwards x with them (models/ubn.py). Flips run
+    on the device (drawn on the host); the loss is computed in float32 under autocast."""
+    cl = cfg.train.channels_last
+    batch = flip(on_device(batch, device, cl), cfg.data.flip_prob)
+    x, gt = (batch["image"] - MEAN) / STD, batch["depth"]
+    with precision.autocast(device, amp_dtype):
+        if unlabeled is not None:
+            y = (flip(on_device(unlabeled, device, cl), cfg.data.flip_prob)["image"] - MEAN) / STD
+            depths = ubn.forward(ddp, x, y, cfg.ubn.grad_through_stats)
+        else:
+            depths = ddp(x)
+    loss = multiscale_loss([precision.upcast(d) for d in depths], gt, cfg.loss.kind, cfg.loss.max_depth)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     return loss.detach()
 
 
 def main(cfg):
     rt = run.setup(cfg.train)
     device = rt.device
+    amp_dtype = precision.resolve(cfg.train, device, conv=True)   # train.amp=auto -> bf16 / none
     u_batch = cfg.ubn.unlabeled_batch_size or cfg.train.batch_size
     if cfg.ubn.enabled and u_batch % rt.world:
         raise ConfigError(f"ubn.unlabeled_batch_size={u_batch} is not divisible by the {rt.world} ranks")
@@ -228,10 +246,13 @@ def main(cfg):
     model = build_dispnet(cfg.model)
     if cfg.train.sync_bn and rt.world > 1:
         model = convert_sync_bn(model, device)
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
     ddp = run.wrap_ddp(model, rt)
+    compiled = run.Compiled(model, cfg.train, shapes=2)   # training and evaluation size
+    # fused on CUDA (one kernel for all parameters), foreach elsewhere (common/optim.py)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                 weight_decay=cfg.optim.weight_decay)
+                                 weight_decay=cfg.optim.weight_decay, **optimizer_impl(device))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     steps_per_epoch = len(train_images) // cfg.train.batch_size
     total_steps = cfg.train.epochs * steps_per_epoch
     if total_steps == 0:
@@ -239,7 +260,7 @@ def main(cfg):
 
     # ---- resume
     ckpt = run.Checkpointer(cfg.output_dir, rt, cfg)
-    state = ckpt.restore(model=model, optimizer=optimizer)
+    state = ckpt.restore(model=model, optimizer=optimizer, scaler=scaler)
     step, best = state.get("step", 0), state.get("best_delta1", 0.0)
     logger = RunLogger(cfg.output_dir, rt.is_main, resume_step=step)
     if rt.is_main:
@@ -252,7 +273,7 @@ def main(cfg):
     # ---- loop: steps of the labeled stream, which cycles through the labeled frames
     labeled_stream = run.stream(loader, sampler, step)
     unlabeled_stream = run.stream(u_loader, u_sampler, step) if cfg.ubn.enabled else None
-    stop = run.StopFlag(device)
+    stop = run.StopFlag(device, cfg.train.check_every)
     def evaluate_now():
         if cfg.ubn.reestimate_batches:
             ubn.reestimate_running_stats(model, reestimation_batches(
@@ -260,20 +281,30 @@ def main(cfg):
         return evaluate(model, test_loader, device, cfg)
 
     eval_every = max(1, int(round(cfg.train.eval_every_epochs * steps_per_epoch)))
-    window, metrics = LossWindow(device), None
+    window, metrics, first = LossWindow(device), None, step
     model.train()
     while step < total_steps:
-        u = next(unlabeled_stream) if unlabeled_stream is not None else None
-        loss = train_step(ddp, optimizer, next(labeled_stream), u, cfg, device)
-        stop_requested, diverged = stop.check(loss)   # every rank, every step: all stop at the same step
+        done = step + 1
+        logs = done % cfg.train.log_every == 0 or done == total_steps or done % eval_every == 0
+        saves = done == cfg.train.stop_at_step or (cfg.train.ckpt_every_steps and done % cfg.train.ckpt_every_steps == 0)
+        # a step that neither logs, evaluates, saves nor checks reads no device value
+        quiet = not (logs or saves or stop.due(done)) and step > first
+        with host_sync.forbid(device, cfg.train.forbid_sync and quiet):
+            u = next(unlabeled_stream) if unlabeled_stream is not None else None
+            loss = train_step(ddp, optimizer, scaler, next(labeled_stream), u, cfg, device, amp_dtype)
+            stop_requested, diverged = stop.check(loss, done, force=logs or saves)
         if diverged:
-            raise run.Diverged(step + 1, ckpt.path)
-        step += 1
+            raise run.Diverged(diverged, ckpt.path)
+        step = done
         window.add(loss)
+        news = compiled.report(step)   # a line when this step compiled new graphs
+        if news:
+            logger.print(news)
 
         if step % cfg.train.log_every == 0 or step == total_steps:
             mean_loss, ips = window.flush(cfg.train.batch_size)
-            logger.log({"epoch": step / steps_per_epoch, "loss": mean_loss, "images_per_s": ips}, step)
+            logger.log({"epoch": step / steps_per_epoch, "loss": mean_loss, "images_per_s": ips,
+                        **run.memory_metrics(device), **compiled.metrics()}, step)
         if step % eval_every == 0 or step == total_steps:
             metrics = evaluate_now()
             best = max(best, metrics["delta1"])

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from accel import compression, cost, hard_augment, online_camse, progressive
-from common import dist, precision, rng, run, schedules
+from common import dist, host_sync, precision, rng, run, schedules
 from common import plan as planning
 from common.config import ConfigError, load_config, parse_cli
 from common.flops import FlopLedger
@@ -26,6 +26,7 @@ from common.optim import build_optimizer, set_weight_decay
 from data import build_eval_loader, build_images, build_train_loader, device_batch
 from data.augment import DeviceAugment
 from evaluation.knn import knn_top1
+from models import SIZES as VIT_ARCHS
 from models.batchnorm import convert_sync_bn
 from selfsup.build import build_model
 from selfsup.config import ssl_defaults
@@ -192,6 +193,15 @@ def build_schedules(cfg, model, steps_per_epoch):
     return Schedules(base_lr, lr, momentum, wd, res, mag, plan, raw)
 
 
+def step_shapes(cfg, sched):
+    """How many distinct input shapes the training steps produce (train.compile's graphs):
+    resolutions x compression stages, plus Hard Augment's selection pass and multi-crop's small
+    views at their own sizes."""
+    p = sched.plan
+    stages = np.unique(np.stack([sched.resolution, p.d_q, p.p_q, p.d_k, p.p_k], 1), axis=0)
+    return len(stages) + int(cfg.accel.hard_augment.enabled) + int(cfg.data.local_views > 0)
+
+
 def train_step(cfg, model, ddp, batch, optimizer, scaler, augment, sched, ledger, step, device):
     """One optimizer step: schedules, device-side augmentation at this step's resolution and
     magnitude, Hard Augment's pick, the (compressed) forward and backward, the update."""
@@ -280,7 +290,7 @@ def speedup_vs_full_resolution(ledger, res_schedule, r_max, local_batch, ha):
 def main(cfg):
     rt = run.setup(cfg.train)
     device, local_batch = rt.device, cfg.train.batch_size // rt.world
-    amp_dtype = precision.amp_dtype(cfg.train, device)
+    amp_dtype = precision.resolve(cfg.train, device, conv=cfg.model.arch not in VIT_ARCHS)  # train.amp=auto -> bf16 / none
     check_config(cfg)
 
     # ---- data: crops in loader workers, photometric operations on the device
@@ -305,7 +315,8 @@ def main(cfg):
     sched = build_schedules(cfg, model, steps_per_epoch)
     sampler.set_sizes(sched.resolution)  # the loader crops at each step's resolution (no 224 -> 96 resample)
     optimizer = build_optimizer(cfg.optim.name, model.param_groups(), sched.base_lr, cfg.optim.momentum,
-                                cfg.optim.weight_decay)
+                                cfg.optim.weight_decay, device=device)
+    compiled = run.Compiled(model, cfg.train, shapes=step_shapes(cfg, sched))
     model.prepare(sched.plan.total_steps, steps_per_epoch)  # the method's own per-step arrays (EMA momentum, temperatures)
     scaler, ledger = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16), FlopLedger()
 
@@ -339,25 +350,37 @@ def main(cfg):
         return
 
     # ---- the loop: an explicit pass over each epoch's batches
-    stop = run.StopFlag(device)
+    stop = run.StopFlag(device, cfg.train.check_every)
     bar = tqdm(total=sched.plan.total_steps, initial=step, disable=not rt.is_main, dynamic_ncols=True, mininterval=2)
-    window = LossWindow(device)
+    window, first = LossWindow(device), step
     for epoch in sched.plan.epoch_range(step // steps_per_epoch):  # online CA-MSE may change the length
         sampler.set_epoch(epoch, skip_steps=step - epoch * steps_per_epoch)
         model.train()
         for batch in loader:
-            loss, shown = train_step(cfg, model, ddp, batch, optimizer, scaler, augment, sched, ledger, step, device)
-            stop_requested, diverged = stop.check(loss)  # every rank, every step: stop within one step
+            done, last = step + 1, sched.plan.total_steps
+            logs = done % cfg.train.log_every == 0 or done >= last
+            saves = (done % steps_per_epoch == 0 or done == cfg.train.stop_at_step
+                     or (cfg.train.ckpt_every_steps and done % cfg.train.ckpt_every_steps == 0))
+            # a step that neither logs, saves nor checks reads no device value (train.forbid_sync
+            # enforces it after the first step, whose set-up may synchronise)
+            quiet = not (logs or saves or stop.due(done) or sched.plan.due(step)) and step > first
+            with host_sync.forbid(device, cfg.train.forbid_sync and quiet):
+                loss, shown = train_step(cfg, model, ddp, batch, optimizer, scaler, augment, sched, ledger, step, device)
+                stop_requested, diverged = stop.check(loss, done, force=logs or saves)
             if diverged:
                 bar.close()
-                raise run.Diverged(step + 1, ckpt.path)
-            step += 1
+                raise run.Diverged(diverged, ckpt.path)
+            step = done
             window.add(loss)
             bar.update(1)
-            if step % cfg.train.log_every == 0 or step == sched.plan.total_steps:
+            news = compiled.report(step)   # a line when this step compiled new graphs
+            if news:
+                logger.print(news)
+            if logs or step == sched.plan.total_steps:   # online CA-MSE may have moved the last step
                 mean_loss, ips = window.flush(cfg.train.batch_size)
                 logger.log({"epoch": step / steps_per_epoch, "loss": mean_loss, **shown, "images_per_s": ips,
-                            **step_metrics(cfg, model, optimizer, sched, ledger, step)}, step)
+                            **step_metrics(cfg, model, optimizer, sched, ledger, step), **run.memory_metrics(device),
+                            **compiled.metrics()}, step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", ips=f"{ips:.0f}")
             if cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0:
                 save(epoch)

@@ -30,7 +30,7 @@ import torch.distributed as tdist
 import torch.nn.functional as F
 
 from accel import minibatch_selection as selection
-from common import dist, precision, rng, run, schedules
+from common import dist, host_sync, precision, rng, run, schedules
 from common import plan as planning
 from common.config import SHARED, ConfigError, compose, load_config, parse_cli
 from common.flops import FlopLedger
@@ -40,6 +40,7 @@ from data import build_eval_loader, build_images, build_train_loader, device_bat
 from data.augment import DeviceAugment
 from evaluation.knn import topk_accuracy
 from models import ubn
+from models import SIZES as VIT_ARCHS
 from models.batchnorm import convert_sync_bn, frozen_bn_statistics
 from models.classifier import build_classifier, load_pretrained_backbone
 
@@ -151,7 +152,8 @@ def check_config(cfg, rt):
     u_batch = cfg.ubn.unlabeled_batch_size or cfg.train.batch_size
     if cfg.ubn.enabled and u_batch % world:
         raise ConfigError(f"ubn.unlabeled_batch_size={u_batch} is not divisible by the {world} ranks")
-    precision.amp_dtype(cfg.train, rt.device)   # checks train.amp against the device
+    # train.amp=auto -> bf16 / none, channels_last=auto -> on for convolutional nets under autocast
+    precision.resolve(cfg.train, rt.device, conv=cfg.model.arch not in VIT_ARCHS)
 
 
 class LabeledSubset:
@@ -311,13 +313,15 @@ def main(cfg):
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     ddp = run.wrap_ddp(model, rt)
+    # one training resolution; the selection pass at select.resolution and evaluation add shapes
+    compiled = run.Compiled(model, cfg.train, shapes=3)
 
     # ---- optimizer and schedules: training length in steps of b images (the loader's are b-bar)
     steps_per_epoch = len(train_images) // cfg.train.batch_size
     total_steps = cfg.train.epochs * steps_per_epoch
     lr = cfg.optim.lr * (cfg.train.batch_size / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
     optimizer = build_optimizer(cfg.optim.name, [{"params": model.parameters()}], lr, cfg.optim.momentum,
-                                cfg.optim.weight_decay)
+                                cfg.optim.weight_decay, device=device)
     lr_schedule, momentum_schedule = schedules.build_lr_schedule(cfg.optim, total_steps, steps_per_epoch, lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     ledger = FlopLedger()
@@ -348,26 +352,38 @@ def main(cfg):
     # Selective-Backprop consumes a variable number of loader batches per step: its own count
     batches = run.stream(loader, sampler, buffer.batches if sel.method == "selective_backprop" else step)
     unlabeled = run.stream(u_loader, u_sampler, step) if cfg.ubn.enabled else None
-    stop = run.StopFlag(device)
+    stop = run.StopFlag(device, cfg.train.check_every)
     eval_every = max(1, int(round(sel.eval_every_epochs * steps_per_epoch)))
-    window, ranked_steps, reached = LossWindow(device), 0, None
+    window, ranked_steps, reached, first = LossWindow(device), 0, None, step
     model.train()
     while step < total_steps and reached is None:
-        set_schedules(optimizer, step, lr_schedule, momentum_schedule)
-        u_batch = next(unlabeled) if unlabeled is not None else None
-        loss, ranked = train_step(cfg, rt, model, ddp, batches, u_batch, optimizer, scaler, augment, sb, buffer,
-                                  ledger, step, total_steps)
-        stop_requested, diverged = stop.check(loss)   # every rank, every step: all stop at the same step
+        done = step + 1
+        logs = done % cfg.train.log_every == 0 or done == total_steps or done % eval_every == 0
+        saves = (done % steps_per_epoch == 0 or done == cfg.train.stop_at_step
+                 or (cfg.train.ckpt_every_steps and done % cfg.train.ckpt_every_steps == 0))
+        # a step that neither logs, evaluates, saves nor checks reads no device value (Selective-
+        # Backprop's buffer is host-side by design: its steps decide on the host how many batches to draw)
+        quiet = not (logs or saves or stop.due(done)) and step > first and sel.method != "selective_backprop"
+        with host_sync.forbid(device, cfg.train.forbid_sync and quiet):
+            set_schedules(optimizer, step, lr_schedule, momentum_schedule)
+            u_batch = next(unlabeled) if unlabeled is not None else None
+            loss, ranked = train_step(cfg, rt, model, ddp, batches, u_batch, optimizer, scaler, augment, sb, buffer,
+                                      ledger, step, total_steps)
+            stop_requested, diverged = stop.check(loss, done, force=logs or saves)
         if diverged:
-            raise run.Diverged(step + 1, ckpt.path)
-        step += 1
+            raise run.Diverged(diverged, ckpt.path)
+        step = done
         window.add(loss)
         ranked_steps += ranked
+        news = compiled.report(step)   # a line when this step compiled new graphs
+        if news:
+            logger.print(news)
 
         if step % cfg.train.log_every == 0 or step == total_steps:
             mean_loss, ips = window.flush(cfg.train.batch_size)
             logger.log({"epoch": step / steps_per_epoch, "loss": mean_loss, "lr": float(lr_schedule[step - 1]),
-                        "selection_steps": ranked_steps, "images_per_s": ips, **flop_metrics(ledger)}, step)
+                        "selection_steps": ranked_steps, "images_per_s": ips, **flop_metrics(ledger),
+                        **run.memory_metrics(device), **compiled.metrics()}, step)
             ranked_steps = 0
         if step % eval_every == 0 or step == total_steps:
             top1, top5 = evaluate(model, val_loader, augment, device, num_classes, cfg.train.channels_last, amp_dtype)

@@ -18,7 +18,10 @@ def init_distributed(device_pref="auto"):
     if device_pref == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but CUDA is not available on this machine")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+    # under torchrun the group is set up even for one rank: `torchrun --nproc-per-node 1` then runs
+    # the nccl / gloo and DDP code of a node (the GPU acceptance run's nccl check); plain `python`
+    # runs one process without a group
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ:
         if use_cuda:
             torch.cuda.set_device(local_rank)
         timeout = datetime.timedelta(minutes=30)

@@ -130,6 +130,10 @@ class ResNet(nn.Module):
             feats.append(x)
         return feats
 
+    def compile_units(self):
+        """What train.compile compiles (common/run.py): the four stages; the stem stays eager."""
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
     def forward(self, x):
         """Globally pooled features of the last stage: [B, num_features]."""
         return torch.flatten(self.avgpool(self.forward_stages(x)[-1]), 1)
