@@ -7,6 +7,7 @@ outputs, target momentum rising from 0.996 to 1 on a cosine (sec. 3.2), LARS wit
 """
 import torch.nn.functional as F
 
+from common.precision import upcast
 from selfsup.base import SSLMethod, backbone_forward, mlp, query_key
 from selfsup.momentum import MomentumTarget, momentum_schedule
 from selfsup.registry import register
@@ -21,8 +22,9 @@ DEFAULTS = {
 
 
 def regression_loss(p, z):
-    """Per-sample ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z) (BYOL Eq. 2), z without gradient."""
-    return 2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1)
+    """Per-sample ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z) (BYOL Eq. 2), z without gradient; in
+    float32 under bf16 / fp16 autocast."""
+    return 2 - 2 * F.cosine_similarity(upcast(p), upcast(z.detach()), dim=-1)
 
 
 def byol_loss(p1, p2, z1, z2):

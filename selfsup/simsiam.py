@@ -4,6 +4,7 @@ projector of 2048, predictor bottleneck 512, predictor at a fixed learning rate;
 2-layer projector)."""
 import torch.nn.functional as F
 
+from common.precision import upcast
 from selfsup.base import SSLMethod, backbone_forward, mlp, query_key
 from selfsup.registry import register
 
@@ -20,8 +21,9 @@ DEFAULTS = {
 
 
 def negative_cosine(p, z):
-    """Per-sample D(p, z) = -cos(p, stopgrad(z)), SimSiam Eq. 1 with the stop-gradient of Eq. 3."""
-    return -F.cosine_similarity(p, z.detach(), dim=-1)
+    """Per-sample D(p, z) = -cos(p, stopgrad(z)), SimSiam Eq. 1 with the stop-gradient of Eq. 3;
+    in float32 under bf16 / fp16 autocast (CPU autocast would compute it in bf16)."""
+    return -F.cosine_similarity(upcast(p), upcast(z.detach()), dim=-1)
 
 
 def simsiam_loss(p1, p2, z1, z2):

@@ -41,3 +41,17 @@ def test_explicit_values_are_kept_and_checked(monkeypatch):
 def test_the_native_check_reads_the_cpu_flags():
     flags = (torch.cpu._is_avx512_bf16_supported(), torch.cpu._is_amx_tile_supported())
     assert precision.native_bf16(CPU) is any(flags)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("test_methods").SMALL))
+def test_every_method_loss_is_float32_under_bf16_autocast(name):
+    """Autocast computes the network in bf16; each method's loss (softmax, log, cosine) is float32,
+    whatever the device's autocast lists say (CPU autocast keeps cosine_similarity in bf16)."""
+    from test_methods import build
+    torch.manual_seed(0)
+    model = build(name)
+    model.prepare(10, 5)
+    views = [torch.rand(4, 3, 16, 16) for _ in range(2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(views)["loss"]
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
