@@ -313,7 +313,7 @@ def main(cfg):
         stopping = stop_requested or step == cfg.train.stop_at_step
         if (stopping or step == total_steps
                 or (cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0)):
-            ckpt.save(model=model, optimizer=optimizer, step=step, best_delta1=best)
+            ckpt.save(model=model, optimizer=optimizer, scaler=scaler, step=step, best_delta1=best)
         if stopping:
             logger.close()
             raise run.Stopped(step, stop.signum if stop_requested else None)
