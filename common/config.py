@@ -118,8 +118,8 @@ SHARED = {
         # optimizer state, EMA targets and queues stay float32 (common/precision.py). The value
         # actually used is written back here, so config.yaml and checkpoints record it.
         "amp": "auto",
-        # auto | true | false: channels-last activations. auto: on for convolutional backbones
-        # under bf16 / fp16 autocast (benchmarks/precision.py), off for ViTs and in float32.
+        # auto | true | false: channels-last activations. auto: on for convolutional backbones on
+        # the CPU and under bf16 / fp16 autocast on CUDA, off for ViTs (common/precision.py).
         "channels_last": "auto",
         # torch.compile the model's training forward and backward (one graph per distinct step
         # shape; the recompile limit is set from the run's schedules, and hitting it is an error,

@@ -7,9 +7,11 @@ and writes them back into the config (so config.yaml and checkpoints say what ra
   amp auto            -> bf16 where the hardware computes bf16 natively: CUDA devices that
                          support it (Ampere and newer), CPUs with AVX512-BF16 or AMX; none
                          elsewhere (emulated bf16 is slower than float32) and with train.float64.
-  channels_last auto  -> on for convolutional backbones under bf16 / fp16 autocast (cuDNN's and
-                         oneDNN's reduced-precision convolutions want NHWC; measured on the CPU
-                         in benchmarks/precision.py), off for ViTs and in float32.
+  channels_last auto  -> on for convolutional backbones on the CPU (oneDNN's convolutions run
+                         NHWC natively: the quickstart's SimSiam step, 1 thread, 147 -> 183
+                         images/s in float32, 242-275 -> 306-323 in bf16; benchmarks/NOTES.md)
+                         and under bf16 / fp16 autocast on CUDA (cuDNN's tensor-core kernels
+                         want NHWC); off for ViTs, whose only convolution is the patch embedding.
 
 What stays in float32 under autocast: weights, gradients and optimizer state (autocast casts
 copies for matmuls and convolutions); every loss upcasts its logits / similarities with `upcast`
@@ -45,7 +47,7 @@ def resolve(train_cfg, device, conv):
     dtype = amp_dtype(train_cfg, device)
     cl = train_cfg.channels_last
     if cl == "auto":
-        cl = conv and dtype is not None
+        cl = conv and (device.type == "cpu" or dtype is not None)
     if not isinstance(cl, bool):
         raise ConfigError(f"train.channels_last '{cl}' is not one of auto, true, false")
     train_cfg.channels_last = cl

@@ -18,7 +18,10 @@ def test_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch, native):
     dtype = precision.resolve(cfg.train, CPU, conv=True)
     assert dtype is (torch.bfloat16 if native else None)
     assert cfg.train.amp == ("bf16" if native else "none")          # written back: config.yaml records it
-    assert cfg.train.channels_last is native                         # NHWC for convolutions under autocast
+    assert cfg.train.channels_last is True                           # NHWC for convolutions on the CPU
+    gpu = parse_config([])
+    precision.resolve(gpu.train, torch.device("cuda"), conv=True)
+    assert gpu.train.channels_last is native                         # ... and under autocast on CUDA
     vit = parse_config(["model.arch=vit_t16"])
     precision.resolve(vit.train, CPU, conv=False)
     assert vit.train.channels_last is False                          # nothing to reorder in a ViT
