@@ -10,11 +10,13 @@ sys.path.insert(0, REPO)
 CIFAR10 = os.path.join(REPO, "..", "shared", "datasets", "cifar10")
 
 # A run small enough for a test: 4 steps per epoch of a width-8 ResNet-18 on 32 px images. In
-# float32 (train.amp=none): train.amp=auto picks bf16 on CPUs that compute it natively, and the
-# tolerances of the tests are float32's on any x86 CPU (bf16 runs: tests/test_accel.py).
+# float32 and NCHW (train.amp=none, train.channels_last=false): the auto settings pick bf16 on
+# CPUs that compute it natively and NHWC convolutions, which round differently; the tolerances
+# of the tests are float32's on any x86 CPU (bf16 / NHWC runs: tests/test_accel.py, test_precision.py).
 TINY = ["data.synthetic_train_size=64", "data.synthetic_val_size=40", "model.width=8",
         "train.batch_size=16", "train.epochs=2", "data.workers=0", "knn.k=5", "knn.batch_size=32",
         "train.threads=1", "method.simsiam.proj_dim=32", "method.simsiam.pred_hidden=16", "train.amp=none",
+        "train.channels_last=false",
         "train.log_every=1", "train.ckpt_every_steps=0"]
 
 

@@ -16,6 +16,7 @@ from models.dispnet import DispNet, disp_to_depth
 
 TINY = ["data.height=32", "data.width=64", "data.synthetic_train_size=48", "data.synthetic_test_size=8",
         "model.width=4", "model.levels=4", "train.batch_size=8", "train.epochs=2", "train.threads=1", "train.amp=none",
+        "train.channels_last=false",
         "train.log_every=2", "train.eval_every_epochs=1.0", "data.labeled_fraction=0.5", "eval.batch_size=8"]
 
 

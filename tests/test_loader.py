@@ -266,7 +266,8 @@ def test_train_supervised_with_device_decode_matches_worker_decode(jpeg_folder, 
         out = str(tmp_path / decode)
         run(["train_supervised.py", "data.name=imagefolder", f"data.root={root}", f"data.decode={decode}",
              f"output_dir={out}", "model.width=8", "train.batch_size=4", "train.epochs=2", "data.workers=0",
-             "train.threads=1", "train.amp=none", "train.log_every=1", "data.crop_size=32", "data.eval_resize=32",
+             "train.threads=1", "train.amp=none",
+             "train.channels_last=false", "train.log_every=1", "data.crop_size=32", "data.eval_resize=32",
              "data.eval_crop=32",
              "select.method=selective_backprop", "select.resolution=16", "select.warmup_steps=1",
              "select.cooldown_fraction=0.2", "select.eval_every_epochs=2.0"])

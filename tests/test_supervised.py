@@ -10,7 +10,8 @@ from models.classifier import Classifier, build_classifier
 from models.vit import ViT
 
 SUP = ["data.synthetic_train_size=128", "data.synthetic_val_size=40", "model.width=8", "train.batch_size=16",
-       "train.epochs=2", "data.workers=0", "train.threads=1", "train.amp=none", "train.log_every=1", "select.resolution=16",
+       "train.epochs=2", "data.workers=0", "train.threads=1", "train.amp=none",
+       "train.channels_last=false", "train.log_every=1", "select.resolution=16",
        "select.warmup_steps=3", "select.cooldown_fraction=0.25", "select.eval_every_epochs=1.0"]
 
 

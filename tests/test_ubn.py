@@ -256,6 +256,7 @@ def test_depth_run_reestimates_before_evaluating(tmp_path):
     out = str(tmp_path / "r")
     tiny = ["data.height=32", "data.width=64", "data.synthetic_train_size=48", "data.synthetic_test_size=8",
             "model.width=4", "model.levels=4", "train.batch_size=8", "train.epochs=1", "train.threads=1", "train.amp=none",
+            "train.channels_last=false",
             "data.labeled_fraction=0.5", "eval.batch_size=8", "ubn.enabled=true", "ubn.reestimate_batches=3",
             "data.workers=0", "train.log_every=100", f"output_dir={out}"]
     cfg = load_config(DEPTH_DEFAULTS, None, tiny)
