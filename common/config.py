@@ -112,9 +112,9 @@ SHARED = {
         "batch_size": 512,            # global batch, split evenly across ranks
         "seed": 0,
         "device": "auto",             # auto | cpu | cuda
-        # auto | none | bf16 | fp16 (CUDA only). auto: bf16 where the hardware computes it natively
-        # (CUDA devices that support it; CPUs with AVX512-BF16 or AMX), none elsewhere and with
-        # train.float64. Autocast keeps losses, softmax and normalisations in float32; weights,
+        # auto | none | bf16 | fp16 (CUDA only). auto: bf16 on CUDA devices that compute it natively,
+        # none elsewhere and with train.float64 (on CPUs bf16 cost the quickstart accuracy:
+        # common/precision.py). Autocast keeps losses, softmax and normalisations in float32; weights,
         # optimizer state, EMA targets and queues stay float32 (common/precision.py). The value
         # actually used is written back here, so config.yaml and checkpoints record it.
         "amp": "auto",

@@ -4,9 +4,12 @@ then equals a 1-rank run to ~1e-12, not float32 noise).
 
 `resolve` turns train.amp=auto and train.channels_last=auto into the values used, once per run,
 and writes them back into the config (so config.yaml and checkpoints say what ran):
-  amp auto            -> bf16 where the hardware computes bf16 natively: CUDA devices that
-                         support it (Ampere and newer), CPUs with AVX512-BF16 or AMX; none
-                         elsewhere (emulated bf16 is slower than float32) and with train.float64.
+  amp auto            -> bf16 on CUDA devices that compute it natively (Ampere and newer); none
+                         elsewhere and with train.float64. Not on CPUs, even with native bf16
+                         (AVX512-BF16 / AMX, `native_bf16`), where it runs the quickstart's step
+                         2.1x faster: there, bf16 autocast trained the quickstart to a lower kNN
+                         top-1 than float32 on every seed tried (benchmarks/NOTES.md), so the
+                         speed is not free; train.amp=bf16 asks for it.
   channels_last auto  -> on for convolutional backbones on the CPU (oneDNN's convolutions run
                          NHWC natively: the quickstart's SimSiam step, 1 thread, 147 -> 183
                          images/s in float32, 242-275 -> 306-323 in bf16; benchmarks/NOTES.md)
@@ -43,7 +46,8 @@ def resolve(train_cfg, device, conv):
     best) in place, check them, and return the autocast dtype (None: float32 / float64).
     conv: the backbone is convolutional (ResNet, DispNet), where channels-last applies."""
     if train_cfg.amp == "auto":
-        train_cfg.amp = "bf16" if native_bf16(device) and not train_cfg.get("float64", False) else "none"
+        gpu_bf16 = device.type == "cuda" and native_bf16(device)
+        train_cfg.amp = "bf16" if gpu_bf16 and not train_cfg.get("float64", False) else "none"
     dtype = amp_dtype(train_cfg, device)
     cl = train_cfg.channels_last
     if cl == "auto":

@@ -11,17 +11,17 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch, native):
+def test_auto_is_bf16_only_on_gpus_that_have_it(monkeypatch, native):
     monkeypatch.setattr(precision, "native_bf16", lambda device: native)
-    cfg = parse_config([])
-    assert (cfg.train.amp, cfg.train.channels_last) == ("auto", "auto")
-    dtype = precision.resolve(cfg.train, CPU, conv=True)
-    assert dtype is (torch.bfloat16 if native else None)
-    assert cfg.train.amp == ("bf16" if native else "none")          # written back: config.yaml records it
-    assert cfg.train.channels_last is True                           # NHWC for convolutions on the CPU
     gpu = parse_config([])
-    precision.resolve(gpu.train, torch.device("cuda"), conv=True)
-    assert gpu.train.channels_last is native                         # ... and under autocast on CUDA
+    assert (gpu.train.amp, gpu.train.channels_last) == ("auto", "auto")
+    dtype = precision.resolve(gpu.train, torch.device("cuda"), conv=True)
+    assert dtype is (torch.bfloat16 if native else None)
+    assert gpu.train.amp == ("bf16" if native else "none")          # written back: config.yaml records it
+    assert gpu.train.channels_last is native                         # NHWC for convolutions under autocast
+    cfg = parse_config([])
+    assert precision.resolve(cfg.train, CPU, conv=True) is None      # CPUs: float32 even with native bf16
+    assert cfg.train.amp == "none" and cfg.train.channels_last is True   # NHWC for convolutions on the CPU
     vit = parse_config(["model.arch=vit_t16"])
     precision.resolve(vit.train, CPU, conv=False)
     assert vit.train.channels_last is False                          # nothing to reorder in a ViT
