@@ -332,8 +332,7 @@ class StopFlag:
         and one device-to-host copy) only when due or forced; otherwise (False, None) and no
         synchronisation."""
         bad = ~torch.isfinite(loss.detach().float())
-        self.first_bad = torch.where(bad, torch.minimum(self.first_bad, torch.full_like(self.first_bad, step)),
-                                     self.first_bad)
+        self.first_bad = torch.where(bad, self.first_bad.clamp(max=step), self.first_bad)
         if not (force or self.due(step)):
             return False, None
         signalled = torch.full((), 0.0 if self.signum is None else 1.0, dtype=torch.float64, device=self.device)
