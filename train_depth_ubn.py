@@ -87,7 +87,7 @@ DEPTH_DEFAULTS = {
         "seed": 0,
         "device": "auto",
         "sync_bn": False,                 # global-batch BN across ranks (models/batchnorm.py)
-        # amp, channels_last, compile, compile_backend, check_every, forbid_sync: as in
+        # amp, channels_last, compile, compile_backend, check_every, forbid_sync, allow_changes: as in
         # common/config.py SHARED (one meaning, one default: copied from there below)
         "threads": 0,
         "log_every": 10,
@@ -103,7 +103,7 @@ DEPTH_DEFAULTS = {
     },
 }
 DEPTH_DEFAULTS["train"].update({k: SHARED["train"][k] for k in (
-    "amp", "channels_last", "compile", "compile_backend", "check_every", "forbid_sync")})
+    "amp", "channels_last", "compile", "compile_backend", "check_every", "forbid_sync", "allow_changes")})
 MEAN, STD = 0.45, 0.225                   # input normalisation of [0, 1] images
 
 

@@ -14,11 +14,18 @@ import torch
 
 def save_atomic(obj, path):
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:   # a full disk, a signal: drop the partial file, the old checkpoint stays
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def load(path):

@@ -139,6 +139,12 @@ SHARED = {
         "ckpt_every_steps": 200,      # checkpoint.pt refresh inside an epoch (0: end of epoch only)
         "snapshot_every_epochs": 0,   # also keep ckpt_XXXX.pt every N epochs (0: never)
         "stop_at_step": 0,            # >0: save and exit after this global step, as a pre-emption would
+        # Resuming with a config that differs from the checkpoint's is refused (exit 2), except for keys
+        # that cannot change the trajectory (logging, saving, kNN / eval cadence, workers: common/run.py
+        # FREE_ON_RESUME). To change others on purpose (extend train.epochs, say), name them here:
+        # comma-separated keys or sections ("train.epochs,optim"), or "all". Earlier configs are kept
+        # as config.1.yaml, config.2.yaml, ... next to config.yaml.
+        "allow_changes": "",
     },
 }
 
@@ -331,9 +337,12 @@ def parse_cli(argv, defaults, default_config, description, plan=False):
     """A script's command line: `--config FILE` (default `default_config`) and `key.sub=value`
     overrides, in any order -> the resolved Config. plan=True also takes `--plan` / `--json`
     (common/plan.py) and returns (Config, argparse namespace with .config, .plan, .json)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=keys_help(defaults))
     p.add_argument("--config", default=default_config,
                    help=f"YAML experiment file (default: {os.path.relpath(default_config)})")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (defaults <- --config <- overrides) as YAML and exit")
     if plan:
         p.add_argument("--plan", action="store_true", help="print the run's plan (steps, schedules, FLOPs, "
                        "speed-up vs the file's baseline) without data or training, and exit")
@@ -341,4 +350,35 @@ def parse_cli(argv, defaults, default_config, description, plan=False):
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override a config value")
     args = p.parse_intermixed_args(argv)
     cfg = load_config(defaults, args.config, args.overrides)
+    if args.print_config:
+        print(f"# {args.config or 'defaults'}{' + ' + ' '.join(args.overrides) if args.overrides else ''}")
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        raise SystemExit(0)
     return (cfg, args) if plan else cfg
+
+
+def keys_help(defaults, width=100):
+    """--help's list of every config key, one line (wrapped) per section, with its default."""
+    lines = ["config keys (key=default; set any with key.sub=value; --print-config shows a file's resolved "
+             "values; meanings: the comments beside each default in common/config.py, the script and "
+             "selfsup/<method>.py):"]
+
+    def section(name, tree):
+        leaves = [f"{k}={v!r}" for k, v in tree.items() if not isinstance(v, dict)]
+        if leaves:
+            line = f"  {name}: "
+            for item in leaves:
+                if len(line) + len(item) > width:
+                    lines.append(line.rstrip())
+                    line = " " * (len(name) + 4)
+                line += item + " "
+            lines.append(line.rstrip())
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                section(f"{name}.{k}", v)
+
+    section("(top)", {k: v for k, v in defaults.items() if not isinstance(v, dict)})
+    for k, v in defaults.items():
+        if isinstance(v, dict):
+            section(k, v)
+    return "\n".join(lines)

@@ -6,17 +6,28 @@ import sys
 import time
 
 import torch
+import yaml
 
 from common import dist
-from common.config import save_config
+from common.config import Config, save_config
 from common.precision import upcast
 
 
 def write_run_files(output_dir, cfg, **info):
-    """The run directory's record of what ran: the resolved config (config.yaml) and
+    """The run directory's record of what ran: the resolved config (config.yaml; a resumed run
+    whose config differs keeps the earlier one as config.N.yaml, N = 1, 2, ... oldest first) and
     run_info.json (the command line plus `info`: git commit, world size, data, ...)."""
     os.makedirs(output_dir, exist_ok=True)
-    save_config(cfg, os.path.join(output_dir, "config.yaml"))
+    path = os.path.join(output_dir, "config.yaml")
+    if os.path.exists(path):   # a resumed run: keep the config it ran with if this one differs
+        with open(path) as f:
+            before = f.read()
+        if before != yaml.safe_dump(cfg.to_dict() if isinstance(cfg, Config) else cfg, sort_keys=False):
+            n = 1
+            while os.path.exists(os.path.join(output_dir, f"config.{n}.yaml")):
+                n += 1
+            os.replace(path, os.path.join(output_dir, f"config.{n}.yaml"))
+    save_config(cfg, path)
     with open(os.path.join(output_dir, "run_info.json"), "w") as f:
         json.dump(dict(info, argv=sys.argv), f, indent=1)
 

@@ -30,7 +30,7 @@ import zipfile
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import checkpoint, dist, host_sync
+from common import checkpoint, dist, host_sync, run_lock
 from common.host_sync import HostSyncError
 from common.config import ConfigError, InputError, diff_configs
 
@@ -131,6 +131,12 @@ def wrap_ddp(model, rt, find_unused_parameters=False):
     blocks and heads sit out some steps."""
     if not dist.is_dist():
         return model
+    per_rank = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not getattr(m, "global_stats", False)
+                   and not isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    if per_rank and rt.world > 1 and rt.is_main:
+        print(f"warning: {per_rank} BatchNorm layer(s) normalise with per-rank statistics ({rt.world} ranks, "
+              f"train.sync_bn=false): the run is not the 1-rank run split over ranks (MoCo's shuffle BN means "
+              f"it; other methods' paper recipes use train.sync_bn=true)", flush=True)
     return DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True,
                static_graph=not find_unused_parameters)
@@ -217,7 +223,8 @@ class Checkpointer:
         self.dir, self.rt, self.config = output_dir, rt, cfg.to_dict()
         self.path = os.path.join(output_dir, "checkpoint.pt")
         self.commit = checkpoint.git_commit()
-        os.makedirs(output_dir, exist_ok=True)
+        self.allow = str(cfg.train.get("allow_changes") or "")
+        take_lock(output_dir, rt)   # one run per output_dir (common/run_lock.py), before anything is written
         if rt.is_main:
             for tmp in glob.glob(os.path.join(glob.escape(output_dir), "*.pt.tmp.*")):
                 os.remove(tmp)  # a save killed mid-write; the previous checkpoint is intact
@@ -232,6 +239,13 @@ class Checkpointer:
             return {}
         state = self.load()
         changed = diff_configs(state.get("config", {}), self.config)
+        refused, noted = resume_changes(changed, self.allow)
+        if refused:
+            raise CheckpointError(
+                f"{self.dir} holds a run with another config: {'; '.join(refused[:6])}"
+                f"{f' (+{len(refused) - 6} more)' if len(refused) > 6 else ''}. Resume with the saved values, "
+                f"use another output_dir, or allow the change: train.allow_changes="
+                f"{','.join(c.split(':')[0] for c in refused)}")
         for name, obj in objects.items():
             if name not in state:
                 raise CheckpointError(f"{self.path} has no '{name}' entry: it was written by another script")
@@ -246,7 +260,7 @@ class Checkpointer:
             checkpoint.set_rng_state(state["rng"])
         if self.rt.is_main:
             print(f"resuming from {self.path} at step {state.get('step', 0)}"
-                  + (f"; config changed: {', '.join(changed)}" if changed else ""), flush=True)
+                  + (f"; config changed: {', '.join(noted)}" if noted else ""), flush=True)
         return state
 
     def save(self, snapshot=None, **entries):
@@ -262,9 +276,54 @@ class Checkpointer:
         state = {k: (v.state_dict() if hasattr(v, "state_dict") else v) for k, v in entries.items()}
         state.update(rng=checkpoint.rng_state(), config=self.config, git_commit=self.commit,
                      world_size=self.rt.world)
-        checkpoint.save_atomic(state, self.path)
-        if snapshot:
-            checkpoint.save_atomic(state, os.path.join(self.dir, snapshot))
+        for path in [self.path] + ([os.path.join(self.dir, snapshot)] if snapshot else []):
+            try:
+                checkpoint.save_atomic(state, path)
+            except (OSError, RuntimeError) as e:   # torch reports a failed write as a RuntimeError
+                reason = os_error_line(e) if isinstance(e, OSError) else str(e).splitlines()[0][:160]
+                raise CheckpointError(f"could not write {path} ({reason}); the previous checkpoint is "
+                                      f"intact: free space or fix the folder, then re-run to resume") from None
+
+
+# Keys that cannot change a run's trajectory (where it logs, saves, checks and evaluates, how many
+# workers and threads serve it, how it is compiled): changed on resume, they pass with a note.
+# Any other change is refused unless train.allow_changes names it (a key, a section, or "all").
+FREE_ON_RESUME = ("output_dir", "paper", "knn.", "eval.", "data.workers", "data.prefetch_factor",
+                  "train.log_every", "train.check_every", "train.forbid_sync", "train.ckpt_every_steps",
+                  "train.snapshot_every_epochs", "train.stop_at_step", "train.threads", "train.compile",
+                  "train.compile_backend", "train.allow_changes", "train.eval_every_epochs")
+
+
+def _matches(key, names):
+    return any(key == n or key.startswith(n if n.endswith(".") else n + ".") for n in names)
+
+
+def resume_changes(changed, allow=""):
+    """Split diff_configs lines ("key: old -> new") into (refused, noted): changes that could
+    move the trajectory and train.allow_changes does not allow, and the rest."""
+    allowed = tuple(a.strip() for a in str(allow).split(",") if a.strip())
+    refused, noted = [], []
+    for line in changed:
+        key = line.split(":")[0]
+        free = _matches(key, FREE_ON_RESUME) or "all" in allowed or _matches(key, allowed)
+        (noted if free else refused).append(line)
+    return refused, noted
+
+
+def take_lock(output_dir, rt):
+    """Rank 0 takes output_dir's run lock; every rank learns whether it did (one all-reduce), so
+    a refused run ends on every rank with the holder's line."""
+    error = None
+    if rt.is_main:
+        try:
+            run_lock.RunLock(output_dir).acquire()
+        except (run_lock.RunLocked, OSError) as e:   # OSError: output_dir a file, not writable, ...
+            error = e
+    refused = dist.all_reduce_max(torch.tensor(float(error is not None), device=rt.device)).item()
+    if error is not None:
+        raise error
+    if refused:
+        raise run_lock.RunLocked(f"rank 0 could not take {output_dir} (its error names why)")
 
 
 def load_checkpoint(path):
@@ -306,7 +365,7 @@ class StopFlag:
         self.device, self.every, self.signum = device, every, None
         self.first_bad = torch.full((), self.NONE, dtype=torch.float64, device=device)
         # a launcher's own handlers (submitit's checkpoint-and-requeue) run after our checkpoint
-        self.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        self.previous = {s: _LAUNCHER_HANDLERS.get(s, signal.getsignal(s)) for s in STOP_SIGNALS}
         for s in STOP_SIGNALS:
             signal.signal(s, self._handle)
         StopFlag.active = self
@@ -352,32 +411,84 @@ def one_line(e):
     return msg
 
 
+class Interrupted(BaseException):
+    """A stop signal before the training loop's StopFlag took over (set-up, data, the first kNN):
+    nothing was trained since the last checkpoint, so the run stops at once. A BaseException,
+    like KeyboardInterrupt, so no `except Exception` on the way turns it into another error."""
+
+    def __init__(self, signum):
+        super().__init__(f"{signal.Signals(signum).name} received before training started: nothing to save; "
+                         f"re-run the same command to resume")
+
+
+# The handlers a launcher installed before `cli` (submitit's requeue handler on SIGUSR2):
+# StopFlag hands a received signal over to them after its checkpoint is written.
+_LAUNCHER_HANDLERS = {}
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
 def cli(run_main):
-    """Run a script's main: bad input (config, data, checkpoint) is one line on stderr and exit
-    code 2; a run stopped early exits with EXIT_STOPPED after its checkpoint was written."""
-    code = 0
+    """Run a script's main with the exit contract a launcher relies on: bad input (config, data,
+    checkpoint, an OS error such as a full disk or an output_dir that cannot be written) is one
+    line on stderr and code 2; a run stopped by a signal exits EXIT_STOPPED after its checkpoint
+    was written, or at once when the signal came before training started. The exit code and its
+    reason also go to output_dir/exit.json (common/run_lock.py), which torchrun does not hide."""
+    for s in STOP_SIGNALS:
+        _LAUNCHER_HANDLERS[s] = signal.getsignal(s)
+        signal.signal(s, _interrupt)
+    code, reason, step = 1, "crashed", None
     try:
         run_main()
+        code, reason = 0, "finished"
     except InputError as e:  # ConfigError, data.DataError, CheckpointError
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        code = EXIT_BAD_INPUT
+        code, reason = EXIT_BAD_INPUT, _error_line(one_line(e))
+    except OSError as e:   # a full disk, an unwritable or misplaced output_dir: nothing lost (atomic saves)
+        code, reason = EXIT_BAD_INPUT, _error_line(os_error_line(e))
     except Diverged as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        code = EXIT_DIVERGED
+        code, reason = EXIT_DIVERGED, _error_line(str(e))
     except HostSyncError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        code = EXIT_HOST_SYNC
-    except Stopped as e:
+        code, reason = EXIT_HOST_SYNC, _error_line(str(e))
+    except (Stopped, Interrupted) as e:
         if dist.is_main():
+            _close_progress_bars()
             print(str(e), file=sys.stderr, flush=True)
-        code = e.code
-        if StopFlag.active is not None:
-            dist.cleanup()
-            StopFlag.active.hand_over()   # may requeue and exit (submit.py)
+        code, reason, step = getattr(e, "code", EXIT_STOPPED), str(e), getattr(e, "step", None)
+    except BaseException as e:   # a bug: the traceback follows; exit.json says it was not a stop
+        reason = f"crashed: {type(e).__name__}: {str(e)[:200]}"
+        raise
     finally:
+        lock = run_lock.RunLock.held
+        if lock is not None:
+            lock.release(code, reason, step=step)
+        for s in STOP_SIGNALS:   # a signal from here on: the run is ending anyway
+            signal.signal(s, signal.SIG_IGN if code == EXIT_STOPPED else _LAUNCHER_HANDLERS[s])
         dist.cleanup()
         end_loader_workers()
+    if code == EXIT_STOPPED and StopFlag.active is not None and StopFlag.active.signum is not None:
+        StopFlag.active.hand_over()   # may requeue and exit (submit.py)
     sys.exit(code)
+
+
+def _close_progress_bars():
+    """End tqdm's bar (it writes without a newline), so a message starts on its own line."""
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _error_line(message):
+    _close_progress_bars()
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return message
+
+
+def os_error_line(e):
+    """One line for an OSError: what failed, on which file, and the system's reason."""
+    name = f" {e.filename}" if getattr(e, "filename", None) else ""
+    return f"{type(e).__name__}{name}: {e.strerror or e}"
 
 
 def end_loader_workers():

@@ -120,7 +120,7 @@ def test_bad_checkpoints_and_foreign_run_directories_are_one_line_errors(tiny_ru
     other.mkdir()
     (other / "checkpoint.pt").write_bytes(data)
     _one_line_error(run(["train_ssl.py"] + TINY + [f"output_dir={other}", "model.width=16"], check=False),
-                    "different run", "model.width: 8 -> 16")
+                    "another config", "model.width: 8 -> 16")
 
 
 def test_a_save_killed_mid_write_leaves_nothing_behind_after_a_restart(tmp_path):
