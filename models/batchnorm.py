@@ -18,6 +18,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training-mode mean and variance are those of the batch over all ranks.
     Parameter and buffer names equal nn.BatchNorm*'s, so state dicts stay interchangeable."""
 
+    global_stats = True   # common/run.py's wrap_ddp warns about BatchNorm layers without it
+
     def _check_input_dim(self, x):
         if x.dim() < 2:
             raise ValueError(f"expected at least 2D input, got {x.dim()}D")

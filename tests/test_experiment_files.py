@@ -86,3 +86,25 @@ def test_experiment_file_names_its_row_and_its_plan_reproduces_it(path):
         got, want = planned(plan, figure, paper), float(paper[figure])
         assert got == pytest.approx(want, rel=float(tol.get(figure, 0.01))), \
             f"{figure}: the plan gives {got:.6g}, the paper prints {want:.6g} ({paper['where']}, {paper['row']})"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: os.path.relpath(p, YAML))
+def test_every_training_file_says_whether_its_batchnorm_is_global(path):
+    """train.sync_bn decides whether a multi-rank run is the 1-rank run split over ranks, and the
+    papers' recipes differ (SimSiam / BYOL / SimCLR / SwAV / DINO / MoCo v3: global; MoCo v1-v2+:
+    Shuffling BN; torchvision's supervised recipe: per GPU): each file, or a file it inherits
+    from, sets it rather than leaving the default to decide. MoCo files with shuffle_bn keep it off
+    (except with intermediate losses, whose block heads cannot shuffle: yaml/interloss/*_accel.yaml)."""
+    from common.config import _read_yaml
+    script, defaults = script_of(path)
+    if script == "linear_eval.py":
+        return
+    chain = _read_yaml(path)
+    assert any("sync_bn" in (data.get("train") or {}) for _, data in chain), path
+    cfg = load_config(defaults, path)
+    method = cfg.get("method", {})
+    il = cfg.get("interloss") or {}   # selfsup/build.py: block heads, which do not shuffle: global BN there
+    blockwise = il.get("aux_losses") or il.get("partial_backprop") or il.get("hard_pairs")
+    if method and method.get("name") in ("moco", "mocov2", "mocov2plus") and method[method.name].get("shuffle_bn") \
+            and not blockwise:
+        assert cfg.train.sync_bn is False, path
