@@ -29,6 +29,7 @@ from data.multiview import MultiViewDataset
 from data.sampler import EpochSampler
 from evaluation.knn import extract_features, knn_scores, topk_accuracy
 from models import build_backbone
+from models.classifier import load_backbone
 from selfsup.config import linear_eval_defaults
 
 FEATURES = ("block1", "block2", "block3", "block4", "final")
@@ -76,7 +77,7 @@ def main(ckpt_path, state, cfg):
     torch.manual_seed(cfg.train.seed)
 
     backbone = build_backbone(cfg.model)
-    backbone.load_state_dict(state["backbone"])
+    load_backbone(backbone, state, ckpt_path, cfg.model)   # another arch / width: one line naming both
     backbone.to(device).eval().requires_grad_(False)
     frozen = {k: v.clone() for k, v in backbone.state_dict().items()}
     features = FrozenFeatures(backbone, ev.feature).eval()  # eval mode: BN uses running statistics

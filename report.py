@@ -68,9 +68,22 @@ def ours(metric, rows, run_dir):
     return (values[-1] if values else None), key
 
 
+class NotARun(Exception):
+    """A folder with a config.yaml that is broken, or not one of this project's experiment runs."""
+
+
 def read_run(run_dir):
-    with open(os.path.join(run_dir, "config.yaml")) as f:
-        cfg = yaml.safe_load(f)
+    path = os.path.join(run_dir, "config.yaml")
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise NotARun(f"{path} cannot be read ({type(e).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise NotARun(f"{path} is not a run's config (holds a {type(cfg).__name__})")
+    paper = cfg.get("paper")
+    if not isinstance(paper, dict) or not (paper.get("name") and paper.get("where")):
+        raise NotARun(f"{path} names no paper row (paper.name, paper.where): not a run of an experiment file")
     info = {}
     if os.path.exists(os.path.join(run_dir, "run_info.json")):
         with open(os.path.join(run_dir, "run_info.json")) as f:
@@ -125,7 +138,15 @@ def fmt(v, spec=".3g"):
 
 
 def report(run_dirs, out_dir=None):
-    runs = [read_run(d) for d in run_dirs]
+    runs = []
+    for d in run_dirs:
+        try:
+            runs.append(read_run(d))
+        except NotARun as e:
+            print(f"warning: skipped {d}: {e}", file=sys.stderr)
+    if not runs:
+        print("error: none of the run directories given is a run of an experiment file", file=sys.stderr)
+        sys.exit(2)
     tables = table_files()
     keys = list(dict.fromkeys((r["paper"].get("name"), r["paper"].get("where")) for r in runs))
     lines, csv_rows = [], []

@@ -306,7 +306,7 @@ def main(cfg):
     # ---- model
     model = build_classifier(cfg.model, num_classes)
     if cfg.model.pretrained:  # full fine-tuning of a self-supervised backbone (NeurIPS'24 "FT")
-        load_pretrained_backbone(model, cfg.model.pretrained)
+        load_pretrained_backbone(model, cfg.model.pretrained, cfg.model)
     if cfg.train.sync_bn and rt.world > 1:
         model = convert_sync_bn(model, device)
     model.to(device)

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from common.config import InputError
 
@@ -76,6 +76,8 @@ class ImageFolderImages:
                 if img.format == "JPEG" and img.mode in ("RGB", "L"):
                     return torch.from_numpy(np.frombuffer(raw, np.uint8).copy()), (height, width), label
                 return _rgb_tensor(img), (height, width), label
+        except UnidentifiedImageError:   # PIL's message names the in-memory buffer, not the file
+            raise DataError(f"cannot read image {path}: not an image file ({len(raw)} bytes)") from None
         except Exception as e:
             raise DataError(f"cannot read image {path}: {e}") from None
 

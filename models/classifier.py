@@ -23,7 +23,7 @@ class Classifier(nn.Module):
         return self.fc(self.backbone(x))
 
 
-def load_pretrained_backbone(model, path):
+def load_pretrained_backbone(model, path, model_cfg):
     """Fine-tuning: load the "backbone" entry of a train_ssl.py checkpoint into model.backbone;
     every backbone weight must be there (a clear error names the file and the first mismatch)."""
     if not hasattr(model, "backbone"):
@@ -31,14 +31,28 @@ def load_pretrained_backbone(model, path):
     state = load_checkpoint(path)  # one-line error naming the file if it is missing or unreadable
     if "backbone" not in state:
         raise ConfigError(f"model.pretrained: {path} has no 'backbone' entry (not a train_ssl.py checkpoint)")
-    where = f"model.pretrained: {path} does not fit the model (model.arch, model.width, model.patch_size)"
-    try:
-        missing, unexpected = model.backbone.load_state_dict(state["backbone"], strict=False)
-    except RuntimeError as e:   # shape mismatches
-        raise ConfigError(f"{where}: {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
-    if missing or unexpected:
-        raise ConfigError(f"{where}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    load_backbone(model.backbone, state, path, model_cfg, "model.pretrained: ")
     return model
+
+
+BACKBONE_KEYS = ("arch", "width", "cifar_stem", "patch_size")
+
+
+def load_backbone(backbone, state, path, model_cfg, what=""):
+    """Load a checkpoint's "backbone" entry (strictly); a backbone of another architecture is one
+    line naming both: the checkpoint's model.arch / width / ... (its config) and this run's."""
+    try:
+        missing, unexpected = backbone.load_state_dict(state["backbone"], strict=False)
+        error = f"missing {missing[:3]}, unexpected {unexpected[:3]}" if missing or unexpected else None
+    except RuntimeError as e:   # shape mismatches: the first one
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        error = lines[1] if len(lines) > 1 else lines[0]
+    if error is None:
+        return
+    saved = (state.get("config") or {}).get("model") or {}
+    differ = [f"model.{k}={saved[k]!r} there, {model_cfg.get(k)!r} here" for k in BACKBONE_KEYS
+              if k in saved and saved[k] != model_cfg.get(k)]
+    raise ConfigError(f"{what}{path} holds another backbone: " + ("; ".join(differ) or error))
 
 
 def build_classifier(model_cfg, num_classes):

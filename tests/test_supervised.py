@@ -90,12 +90,12 @@ def test_fine_tuning_starts_from_the_pretrained_backbone(tiny_run, tmp_path):
     ckpt = os.path.join(tiny_run, "checkpoint.pt")
     cfg = _to_config(ssl_defaults())
     cfg.model.update(width=8, arch="resnet18")
-    model = load_pretrained_backbone(build_classifier(cfg.model, 10), ckpt)
+    model = load_pretrained_backbone(build_classifier(cfg.model, 10), ckpt, cfg.model)
     pretrained = checkpoint.load(ckpt)["backbone"]
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in pretrained.items())
     cfg.model.width = 16
-    with pytest.raises(ConfigError, match="checkpoint.pt does not fit"):
-        load_pretrained_backbone(build_classifier(cfg.model, 10), ckpt)
+    with pytest.raises(ConfigError, match="checkpoint.pt holds another backbone: model.width=8 there, 16 here"):
+        load_pretrained_backbone(build_classifier(cfg.model, 10), ckpt, cfg.model)
     out = str(tmp_path / "ft")
     run(["train_supervised.py"] + SUP + [f"output_dir={out}", f"model.pretrained={ckpt}", "train.epochs=1"])
     assert [r for r in read_metrics(out) if "top1" in r]
