@@ -6,6 +6,11 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite runs on pytest-xdist workers, one per core (README): in-process tests take one
+    # thread each, as the subprocess runs do (OMP_NUM_THREADS=1 below), so workers do not contend
+    import torch
+    torch.set_num_threads(1)
 sys.path.insert(0, REPO)
 CIFAR10 = os.path.join(REPO, "..", "shared", "datasets", "cifar10")
 
