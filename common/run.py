@@ -280,7 +280,8 @@ class Checkpointer:
             try:
                 checkpoint.save_atomic(state, path)
             except (OSError, RuntimeError) as e:   # torch reports a failed write as a RuntimeError
-                reason = os_error_line(e) if isinstance(e, OSError) else str(e).splitlines()[0][:160]
+                reason = os_error_line(e) if isinstance(e, OSError) else \
+                    f"the write stopped short: disk full or a file-size limit? torch: {str(e).splitlines()[0][:120]}"
                 raise CheckpointError(f"could not write {path} ({reason}); the previous checkpoint is "
                                       f"intact: free space or fix the folder, then re-run to resume") from None
 
