@@ -10,7 +10,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("accel", "common", "data", "evaluation", "models", "selfsup", "toys")
-SCRIPTS = ("train_ssl", "train_supervised", "train_depth_ubn", "linear_eval", "lr_finder", "grad_error", "report", "submit")
+SCRIPTS = ("train_ssl", "train_supervised", "train_depth_ubn", "linear_eval", "lr_finder", "grad_error", "report", "submit", "export")
 # what each package may import from the project (besides itself)
 ALLOWED = {
     "common": set(),
