@@ -36,7 +36,8 @@ import torch
 from common import run
 from common.config import ConfigError, InputError
 from models.resnet import ARCHS
-from models.vit import SIZES, sincos_2d
+from models.interchange import vit_to_timm
+from models.vit import SIZES
 
 TIMM_VIT = {"vit_t16": "vit_tiny_patch16_224", "vit_s16": "vit_small_patch16_224", "vit_b16": "vit_base_patch16_224"}
 
@@ -61,19 +62,10 @@ def resnet_weights(state, model_cfg, fmt):
 
 
 def vit_weights(state, model_cfg, image_size):
-    """This ViT's names -> timm's VisionTransformer, with its pos_embed made from the sin-cos table."""
     p = model_cfg["patch_size"]
     if image_size % p:
         raise ConfigError(f"image size {image_size} is not a multiple of model.patch_size={p}")
-    out = {}
-    for k, v in state.items():
-        k = k.replace("patch_embed.", "patch_embed.proj.", 1) if k.startswith("patch_embed.") else k
-        k = k.replace(".qkv.", ".attn.qkv.").replace(".proj.", ".attn.proj.") if k.startswith("blocks.") else k
-        k = k.replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.2.", ".mlp.fc2.")
-        out[k] = v
-    dim, n = state["cls_token"].shape[-1], image_size // p
-    out["pos_embed"] = torch.cat([torch.zeros(1, 1, dim), sincos_2d(n, n, dim)], 1).to(state["cls_token"].dtype)
-    return out
+    return vit_to_timm(state, image_size, p)
 
 
 def export(source, fmt, out=None):

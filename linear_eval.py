@@ -28,7 +28,7 @@ from data.decode import collate
 from data.multiview import MultiViewDataset
 from data.sampler import EpochSampler
 from evaluation.knn import extract_features, knn_scores, topk_accuracy
-from models import build_backbone
+from models import build_backbone, interchange
 from models.classifier import load_backbone
 from selfsup.config import linear_eval_defaults
 
@@ -55,10 +55,14 @@ class FrozenFeatures(nn.Module):
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train_ssl.py")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train_ssl.py, or torchvision / "
+                   "timm weights (.safetensors / .pth; model.* from export.py's config.json beside it, or given)")
     p.add_argument("--config", default=None, help="YAML file overriding the checkpoint's config")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = p.parse_intermixed_args(argv)
+    if interchange.is_external(args.checkpoint):   # torchvision / timm weights: model.* from export.py's
+        base = {"model": interchange.exported_model_config(args.checkpoint)}   # config.json, or the overrides
+        return args.checkpoint, None, load_config(linear_eval_defaults(), args.config, args.overrides, base=base)
     state = run.load_checkpoint(args.checkpoint)
     if "backbone" not in state or "config" not in state:
         raise run.CheckpointError(f"{args.checkpoint} is not a train_ssl.py checkpoint (no backbone or config entry)")
@@ -77,7 +81,10 @@ def main(ckpt_path, state, cfg):
     torch.manual_seed(cfg.train.seed)
 
     backbone = build_backbone(cfg.model)
-    load_backbone(backbone, state, ckpt_path, cfg.model)   # another arch / width: one line naming both
+    if state is None:
+        interchange.load_external(backbone, ckpt_path)
+    else:
+        load_backbone(backbone, state, ckpt_path, cfg.model)   # another arch / width: one line naming both
     backbone.to(device).eval().requires_grad_(False)
     frozen = {k: v.clone() for k, v in backbone.state_dict().items()}
     features = FrozenFeatures(backbone, ev.feature).eval()  # eval mode: BN uses running statistics
@@ -144,7 +151,7 @@ def main(ckpt_path, state, cfg):
     if changed:
         raise RuntimeError(f"the frozen backbone changed during linear evaluation: {changed[:5]}")
     result = {"top1": top1, "top5": top5, "knn_top1": knn, "feature": ev.feature, "epochs": ev.epochs,
-              "checkpoint_step": state["step"], "git_commit": checkpoint.git_commit(), "eval": dict(ev)}
+              "checkpoint_step": state["step"] if state else None, "git_commit": checkpoint.git_commit(), "eval": dict(ev)}
     if is_main:
         out = os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), "linear_eval.json")
         tmp = out + ".tmp"

@@ -5,6 +5,7 @@ import torch.nn as nn
 
 from common.config import ConfigError
 from common.run import load_checkpoint
+from models import interchange
 from models.resnet import ARCHS as RESNETS
 from models.resnet import ResNet
 from models.vit import SIZES as VITS
@@ -28,6 +29,9 @@ def load_pretrained_backbone(model, path, model_cfg):
     every backbone weight must be there (a clear error names the file and the first mismatch)."""
     if not hasattr(model, "backbone"):
         raise ConfigError(f"model.pretrained needs one of this repo's backbones, not a torchvision {type(model).__name__}")
+    if interchange.is_external(path):   # torchvision / timm weights (.safetensors / .pth)
+        interchange.load_external(model.backbone, path)
+        return model
     state = load_checkpoint(path)  # one-line error naming the file if it is missing or unreadable
     if "backbone" not in state:
         raise ConfigError(f"model.pretrained: {path} has no 'backbone' entry (not a train_ssl.py checkpoint)")

@@ -107,3 +107,39 @@ def test_what_cannot_be_exported_is_one_line(tmp_path, capsys):
             export.main([source, "--format", fmt])
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(err) == 1 and words in err[0], (words, err)
+
+
+def test_exported_weights_come_back_through_linear_eval_and_model_pretrained(tmp_path):
+    """The other direction: the torchvision / timm files (.safetensors, and a .pth state dict)
+    are a starting backbone for linear_eval.py and train_supervised.py, and give the same backbone."""
+    import linear_eval
+    from models import build_backbone, interchange
+    from models.classifier import build_classifier, load_pretrained_backbone
+    x = torch.randn(2, 3, 48, 48)
+    vit = _trained_like(ViT("vit_t16", 8), x)
+    out = export.export(_checkpoint(tmp_path / "v.pt", vit, arch="vit_t16", patch_size=8), "timm", str(tmp_path / "v"))
+    weights = os.path.join(out, "model.safetensors")
+    _, state, cfg = linear_eval.parse(["--checkpoint", weights])   # model.* from export.py's config.json
+    assert state is None and cfg.model.arch == "vit_t16" and cfg.model.patch_size == 8
+    back = build_backbone(cfg.model)
+    interchange.load_external(back, weights)
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval()(x), vit(x), atol=1e-6, rtol=1e-6)
+    # a ResNet's torchvision file saved as .pth, into train_supervised.py's classifier
+    net = _trained_like(ResNet("resnet18", 64, False, False), torch.randn(4, 3, 32, 32))
+    folder = export.export(_checkpoint(tmp_path / "r.pt", net, arch="resnet18", width=64, cifar_stem=False),
+                           "torchvision", str(tmp_path / "tv"))
+    full = torchvision.models.resnet18(weights=None)   # a torchvision model with its 1000-class fc
+    full.load_state_dict(load_file(os.path.join(folder, "model.safetensors")), strict=False)
+    torch.save(full.state_dict(), tmp_path / "resnet18.pth")   # the classifier is dropped on load
+    mc = _to_config(ssl_defaults()).model
+    mc.update(arch="resnet18", width=64, cifar_stem=False)
+    clf = load_pretrained_backbone(build_classifier(mc, 10), str(tmp_path / "resnet18.pth"), mc)
+    assert all(torch.equal(v, clf.backbone.state_dict()[k]) for k, v in net.state_dict().items())
+    # a learned position embedding cannot become this ViT's sin-cos one
+    bad = load_file(weights)
+    bad["pos_embed"] = torch.randn_like(bad["pos_embed"])
+    from safetensors.torch import save_file
+    save_file(bad, str(tmp_path / "learned.safetensors"))
+    with pytest.raises(Exception, match="learned position embeddings"):
+        interchange.load_external(ViT("vit_t16", 8), str(tmp_path / "learned.safetensors"))
