@@ -19,8 +19,8 @@ same DataLoader (same workers, batch, prefetch):
   the whole image to a tensor, torchvision's antialiased tensor resized_crop at data.crop_size;
   a low-resolution phase cropped at 224 and resized on the device, which is not counted here).
 * ours: data/multiview.py now: boxes drawn from the JPEG header, one decode per image (at the
-  smallest JPEG DCT draft scale that keeps every crop >= its output size: Pillow and its box
-  resize; at full scale: torchvision.io.decode_jpeg), each crop copied out dense channels-last
+  smallest JPEG DCT scale that keeps every crop >= its output size, then Pillow's box resize;
+  at full scale: the crop path below; libjpeg-turbo through simplejpeg decodes both), each crop copied out dense channels-last
   and resized by torch's uint8 antialiased kernel straight to the step's resolution
   (sampler.set_sizes), into one batch buffer (MultiViewDataset.__getitems__), uint8.
 * device (data.decode=device): what the workers still do when the training device decodes:
@@ -29,7 +29,7 @@ same DataLoader (same workers, batch, prefetch):
 * repos: the standard pipeline exactly as the SimSiam / MoCo repositories write it, with
   ToTensor + Normalize (float32 out of the workers) instead of PILToTensor.
 * kernels: no pipeline at all, only the two kernels every full-scale exact pipeline must run:
-  libjpeg-turbo's decode (torchvision.io.decode_jpeg) of the whole image and torch's uint8
+  libjpeg-turbo's decode (the loader's: simplejpeg) of the whole image and torch's uint8
   antialiased resize of each view (its fastest use: the crop copied out as a dense
   channels-last block), in a plain loop over bytes already in memory and boxes already drawn
   (this process's CPU time; the views are not kept). kernels / standard is the most any such CPU
@@ -65,7 +65,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import rng  # noqa: E402
 from data.decode import collate  # noqa: E402
 from data.folder import ImageFolderImages  # noqa: E402
-from data.multiview import N_RAND, EvalDataset, MultiViewDataset, random_resized_crop_box  # noqa: E402
+from data.multiview import N_RAND, EvalDataset, MultiViewDataset, decode_full, random_resized_crop_box  # noqa: E402
 from data.sampler import EpochSampler  # noqa: E402
 
 SIZES = [(500, 375)] * 6 + [(375, 500), (333, 500), (640, 480), (800, 600), (1024, 768), (300, 225)]
@@ -145,9 +145,9 @@ class Decoded:
 
 
 def kernels_per_s(images, n, size, local_n, local_size):
-    """Images per CPU-second of only decode_jpeg (whole image) + one uint8 antialiased resize per
-    view, over file bytes read and boxes drawn beforehand."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    """Images per CPU-second of only the whole-image decode (the loader's decoder, libjpeg-turbo
+    through simplejpeg: data.multiview.decode_full) + one uint8 antialiased resize per view, over
+    file bytes read and boxes drawn beforehand."""
     ds = MultiViewDataset(images, max(n, 1), 224, SCALE, local_views=local_n, local_crop_size=local_size or 96,
                           local_crop_scale=LOCAL_SCALE)
     work = []
@@ -164,7 +164,7 @@ def kernels_per_s(images, n, size, local_n, local_size):
         work.append((encoded, boxes))
     t = time.process_time()
     for encoded, boxes in work:
-        img = decode_jpeg(encoded, mode=ImageReadMode.RGB)   # HWC memory: crops copied out dense (the fast path)
+        img = decode_full(encoded)   # HWC memory: crops copied out dense (the fast path)
         for (top, left, h, w), out in boxes:
             F.interpolate(img[None, :, top:top + h, left:left + w].contiguous(memory_format=torch.channels_last),
                           size=out, mode="bilinear", antialias=True, align_corners=False)

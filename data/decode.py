@@ -2,7 +2,7 @@
 
 Loader workers then only read each file and draw its views' crop boxes, flips and photometric
 uniforms from the size in the JPEG header (data/multiview.py, same draws as the worker path);
-`device_batch` decodes the batch with torchvision.io.decode_jpeg on the device (nvJPEG on CUDA,
+`device_batch` decodes the batch with TorchCodec's decode_jpeg on the device (nvJPEG on CUDA,
 libjpeg-turbo on the CPU) and crops and resizes each view there with an antialiased bilinear
 resize. The same code runs on the CPU (device = cpu), where it matches the worker path's views
 to within 0.5 grey levels on average (tests/test_loader.py states the bound: the resamplers
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from common import host_sync
+from common.config import ConfigError
 
 
 def collate(items):
@@ -54,6 +55,16 @@ def crop_views(img, boxes, flips, size):
     return torch.cat(views).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def torchcodec_decoder():
+    """TorchCodec's batched JPEG decoder (nvJPEG on CUDA; torchvision.io's decoders, which it
+    replaces, are deprecated in torchvision 0.29). Needed by data.decode=device only."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except ImportError:
+        raise ConfigError("data.decode=device needs TorchCodec: pip install torchcodec") from None
+    return decode_jpeg
+
+
 def decode_images(encoded, device):
     """Decode a list of 1-D uint8 JPEG byte tensors (or already decoded [3, H, W] images, which
     the worker sends for PNG or CMYK files) to [3, H, W] uint8 RGB images on `device`."""
@@ -61,16 +72,16 @@ def decode_images(encoded, device):
     jpeg = [i for i, e in enumerate(encoded) if e.dim() == 1]
     out = [None if e.dim() == 1 else e.to(device, non_blocking=True) for e in encoded]
     if jpeg:
-        from torchvision.io import ImageReadMode, decode_jpeg   # only data.decode=device runs pay its import
+        decode_jpeg = torchcodec_decoder()
         data = [encoded[i] for i in jpeg]
         try:
-            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device if device.type == "cuda" else "cpu")
+            decoded = decode_jpeg(data, mode="RGB", device=device if device.type == "cuda" else "cpu")
         except RuntimeError:
             if device.type != "cuda":
                 raise
             # a JPEG that nvJPEG rejects (some progressive / unusual sampling files): this batch
             # decodes on the CPU (libjpeg-turbo, the worker path's decoder) and moves over
-            decoded = [decode_jpeg(e, mode=ImageReadMode.RGB).to(device, non_blocking=True) for e in data]
+            decoded = [decode_jpeg(e, mode="RGB").to(device, non_blocking=True) for e in data]
         for i, d in zip(jpeg, decoded):
             out[i] = d
     return out

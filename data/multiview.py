@@ -9,15 +9,15 @@ makes a resumed run equal an uninterrupted one and a 2-rank run equal a 1-rank r
 The crops come out at `crop_size` (the largest training resolution), or at the resolution of
 the step they are for when the sampler knows the schedule (`EpochSampler.set_sizes`); the device
 resizes them to the current step's resolution if they differ, so a resolution schedule needs no
-loader restart. JPEGs are decoded once per image for all its views, at the smallest DCT scale
-(Pillow's draft mode) that leaves every crop at least its output size, else at full scale by
-torchvision.io.decode_jpeg: the boxes are drawn from the full size in the header first, so
-their law in the original image is unchanged.
+loader restart. JPEGs are decoded once per image for all its views (libjpeg-turbo through
+simplejpeg), at the smallest DCT scale that leaves every crop at least its output size, else at
+full scale: the boxes are drawn from the full size in the header first, so their law in the
+original image is unchanged.
 """
-import io
 import math
 
 import numpy as np
+import simplejpeg
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -61,50 +61,52 @@ def draft_scale(boxes, sizes):
     return next(s for s in (8, 4, 2, 1) if room >= s or s == 1)
 
 
-def decode_pil(img, s):
-    """Decode a PIL image whose header only was read, at JPEG draft scale 1/s. Returns (decoded
-    RGB image, (sx, sy)): full-image pixels per decoded pixel along x and y."""
-    width, height = img.size
-    if s > 1:  # asks libjpeg for exactly 1/s (see Pillow's JpegImageFile.draft)
-        img.draft(img.mode, (width // s, height // s))
-    img.load()
-    if img.mode != "RGB":  # grayscale, CMYK, palette, alpha
-        img = img.convert("RGB")
-    return img, (width / img.size[0], height / img.size[1])
+# JPEGs are decoded by libjpeg-turbo through simplejpeg, at full scale and DCT-scaled alike: the
+# pixels of torchvision.io.decode_jpeg (deprecated in torchvision 0.29) and of Pillow's draft
+# mode exactly, 1.05x the former and 1.26-1.48x the latter on this CPU (benchmarks/jpeg_decoders.py).
+# strict=False: a recoverable error (a truncated scan) gives the decodable part, as libjpeg-turbo
+# did through torchvision.
 
 
 def decode_full(encoded):
-    """uint8 [3, H, W] RGB of JPEG bytes at full scale: libjpeg-turbo straight into a tensor with
-    channels-last strides (0.79 ms for a 500x375 JPEG here; Pillow's decode + RGB array 1.59 ms)."""
-    from torchvision.io import ImageReadMode, decode_jpeg   # torchvision's import costs each process a second:
-    return decode_jpeg(encoded, mode=ImageReadMode.RGB)      # only runs that decode JPEGs pay it
+    """uint8 [3, H, W] RGB of JPEG bytes (a 1-D uint8 tensor) at full scale, decoded into HWC
+    memory and viewed as CHW: channels-last strides, the layout `tensor_views` crops fastest."""
+    return torch.from_numpy(simplejpeg.decode_jpeg(encoded.numpy(), "RGB", strict=False)).permute(2, 0, 1)
+
+
+def decode_scaled(encoded, s):
+    """JPEG bytes decoded at DCT scale 1/s (libjpeg's ceil(side / s), the scale Pillow's draft
+    mode asks for). Returns (uint8 HWC array, (sx, sy)): full-image pixels per decoded pixel."""
+    data = encoded.numpy()
+    height, width = simplejpeg.decode_jpeg_header(data)[:2]
+    hwc = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-height // s), min_width=-(-width // s),
+                                 min_factor=s, strict=False)
+    return hwc, (width / hwc.shape[1], height / hwc.shape[0])
 
 
 def decode_for_resize(encoded, height, width, shorter):
     """uint8 [3, h, w] RGB of JPEG bytes for a resize of the shorter side to `shorter`: decoded
     at the smallest DCT scale 1/s that keeps the shorter side >= `shorter` (so the resize still
-    only shrinks; Pillow's draft), else at full scale."""
+    only shrinks), else at full scale."""
     s = draft_scale([(0, 0, height, width)], [shorter])   # the whole image as the one "crop"
     if s == 1:
         return decode_full(encoded)
-    with Image.open(io.BytesIO(encoded.numpy())) as img:
-        decoded, _ = decode_pil(img, s)
-        return torch.from_numpy(np.array(decoded)).permute(2, 0, 1)
+    return torch.from_numpy(decode_scaled(encoded, s)[0]).permute(2, 0, 1)
 
 
 def jpeg_views(encoded, parts, outs=None):
     """Views of a JPEG given as its bytes (1-D uint8 tensor), decoded once for all `parts`
     [(boxes, flips, size)] -> [uint8 [V, 3, size, size]] (written into `outs` when given): at
-    full scale by `decode_full` and `tensor_views`, at a draft scale by Pillow's DCT-scaled
-    decode and `pil_views`."""
+    full scale by `decode_full` and `tensor_views`, at a DCT scale by `decode_scaled` and
+    `pil_views`."""
     s = draft_scale([b for boxes, _, size in parts for b in boxes], [size for boxes, _, size in parts for _ in boxes])
     outs = outs or [None] * len(parts)
     if s == 1:
         img = decode_full(encoded)
         return [tensor_views(img, boxes, flips, size, o) for (boxes, flips, size), o in zip(parts, outs)]
-    with Image.open(io.BytesIO(encoded.numpy())) as img:
-        decoded, scale = decode_pil(img, s)
-        return [pil_views(decoded, scale, boxes, flips, size, o) for (boxes, flips, size), o in zip(parts, outs)]
+    hwc, scale = decode_scaled(encoded, s)
+    decoded = Image.fromarray(hwc)
+    return [pil_views(decoded, scale, boxes, flips, size, o) for (boxes, flips, size), o in zip(parts, outs)]
 
 
 def view_buffer(*shape, shared=False):
@@ -120,7 +122,7 @@ def view_buffer(*shape, shared=False):
 
 
 def pil_views(img, scale, boxes, flips, size, out=None):
-    """Views uint8 [V, 3, size, size] of an image decoded at a draft scale by `decode_pil`: each
+    """Views uint8 [V, 3, size, size] of a PIL image decoded at a DCT scale by `decode_scaled`: each
     box (top, left, h, w), in full-image pixels, maps to a fractional box of the reduced image,
     resampled from that exact region by PIL's antialiased bilinear resize (the filter of the
     full-scale path; ~1 grey level apart)."""

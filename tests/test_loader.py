@@ -17,7 +17,7 @@ from common.config import ConfigError
 from conftest import TINY, read_metrics, run
 from data.decode import collate, device_batch
 from data.folder import ImageFolderImages
-from data.multiview import (EvalDataset, MultiViewDataset, decode_for_resize, decode_pil, draft_scale, jpeg_views,
+from data.multiview import (EvalDataset, MultiViewDataset, decode_for_resize, decode_scaled, draft_scale, jpeg_views,
                             pil_views, tensor_views)
 from data.sampler import EpochSampler
 
@@ -129,10 +129,12 @@ def test_draft_decoding_keeps_each_crops_geometry(jpeg_folder):
     encoded, (height, width), _ = images.read(1)
     assert encoded.dim() == 1 and (height, width) == (240, 320)     # the file's bytes, the header's size
     assert draft_scale(boxes, [32, 32]) == 2
-    with Image.open(io.BytesIO(encoded.numpy())) as img:
-        decoded, scale = decode_pil(img, 2)
-        assert scale == (2.0, 2.0) and decoded.size == (160, 120)   # decoded at half size
-        views = pil_views(decoded, scale, boxes, [False, True], 32).float()
+    hwc, scale = decode_scaled(encoded, 2)
+    assert scale == (2.0, 2.0) and hwc.shape == (120, 160, 3)          # decoded at half size
+    with Image.open(io.BytesIO(encoded.numpy())) as img:              # the pixels of Pillow's draft decode
+        img.draft("RGB", (160, 120))
+        assert np.array_equal(hwc, np.asarray(img.convert("RGB")))
+    views = pil_views(Image.fromarray(hwc), scale, boxes, [False, True], 32).float()
     assert torch.equal(jpeg_views(encoded, [(boxes, [False, True], 32)])[0], views.to(torch.uint8))
     ref = tensor_views(full, boxes, [False, True], 32).float()
     assert (views - ref).abs().mean() < 1.5, (views - ref).abs().mean()
