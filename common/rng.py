@@ -19,6 +19,7 @@ class Stream(enum.IntEnum):
     COMPRESSION = 4        # ViT token dropout of a training step: keys (step, rank)
     BLOCKWISE = 5          # intermediate losses: drawn block, crop pairs: keys (step,), same on every rank
     CA_MSE = 6             # grad_error.py's compressed passes: keys (sample index,)
+    MOCO_ROLES = 7         # MoCo v3 non-symmetric: which view of each image is the query: keys (step,)
 
 
 def generator(seed, stream, *keys):

@@ -74,6 +74,7 @@ def ordered_pairs(n_global, n_views, pairs=None):
 
 class SSLMethod(nn.Module):
     has_target: bool   # a momentum target network (set by every method class; accel/compression.py)
+    seed = 0           # train.seed, for a method's own named random streams (set by selfsup/build.py)
 
     def __init__(self, backbone):
         super().__init__()

@@ -11,4 +11,6 @@ def build_model(cfg):
     il = cfg.interloss
     if il.aux_losses or il.partial_backprop or il.hard_pairs:
         return BlockwiseMethod(cfg.method, build_backbone(cfg.model), il, cfg.train.seed), True
-    return selfsup.build_method(cfg.method, build_backbone(cfg.model)), False
+    method = selfsup.build_method(cfg.method, build_backbone(cfg.model))
+    method.seed = cfg.train.seed
+    return method, False

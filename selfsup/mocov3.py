@@ -6,11 +6,15 @@ key encoder (backbone, projector), InfoNCE against the keys of the global batch;
     loss = ctr(q1, k2)                        symmetric: false (NeurIPS'24 sec. 6.1)
 
 Non-symmetric (`method.mocov3.symmetric=false`): NeurIPS'24's one stated change to MoCo v3 ("the
-only modification was the use of a non-symmetric loss", sec. 6.1): one pair per image, the first
-view only as the query, the second only as the key, and only those two encoder passes run (the
-query view is not keyed, the key view not queried), which is what Table 1's MoCo v3 cost
+only modification was the use of a non-symmetric loss", sec. 6.1): one pair per image, one view
+only as the query, the other only as the key, and only those two encoder passes run (the query
+view is not keyed, the key view not queried), which is what Table 1's MoCo v3 cost
 (3 L_q + L_k) / 197 counts (`encoded_views`). The paper calls it equivalent to the symmetric loss
-at twice the batch and epochs. With more than two global views every pair (i < j) is ctr(q_i, k_j).
+at twice the batch and epochs, which needs each view in either role: which of an image's two views
+is the query is drawn per image and step (common.rng.Stream.MOCO_ROLES, over the global batch, so
+ranks split the 1-rank draw), at the same cost. Otherwise the asymmetric recipes (blur 1.0 on the
+first view, solarisation 0.2 on the second) would always query the blurred view. With more than
+two global views every pair (i < j) is ctr(q_i, k_j), roles fixed.
 With Hard Augment's extra targets or local crops it falls back to the generic forward (every view
 encoded both ways; the loss is still one-directional).
 
@@ -29,7 +33,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from common import dist
+from common import dist, rng
 from common.precision import upcast
 from selfsup.base import SSLMethod, backbone_forward, mlp, query_key
 from selfsup.momentum import MomentumTarget, momentum_schedule
@@ -93,9 +97,20 @@ class MoCoV3(SSLMethod):
         (view i as the query, view j as the key of pair (i, j)); otherwise the generic forward."""
         if self.symmetric or targets or local_views:
             return super().forward(views, pairs, targets, local_views, compression)
+        if len(views) == 2 and pairs is None:   # one pair: the query view drawn per image
+            swap = self.roles(views[0].shape[0], views[0].device)
+            views = [torch.where(swap, views[1], views[0]), torch.where(swap, views[0], views[1])]
         pairs = list(itertools.combinations(range(len(views)), 2)) if pairs is None else pairs
         outs = self.embed(views, compression, queries={i for i, _ in pairs}, keys={j for _, j in pairs})
         return {"loss": torch.stack([self.pair_loss(outs[i], outs[j]).mean() for i, j in pairs]).mean()}
+
+    def roles(self, local_batch, device):
+        """[B, 1, 1, 1] bool: true where an image's second view is this step's query. Drawn for the
+        global batch and sliced by rank, so 2 ranks draw what 1 rank draws."""
+        g = rng.generator(self.seed, rng.Stream.MOCO_ROLES, self.step)
+        swap = torch.rand(local_batch * dist.world_size(), generator=g) < 0.5
+        mine = swap[dist.rank() * local_batch:(dist.rank() + 1) * local_batch]
+        return mine.view(-1, 1, 1, 1).to(device, non_blocking=True)
 
     def encoded_views(self, n_views, n_local=0):
         """Non-symmetric, no local crops: views 0..n-2 are queries, 1..n-1 keys (one of each for

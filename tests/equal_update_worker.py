@@ -34,6 +34,8 @@ def make(case):
         mcfg.simclr.update(proj_hidden=32, proj_dim=16)
         il = _to_config(dict(INTERLOSS, partial_backprop=True, hard_pairs=True, candidates=2))
         return BlockwiseMethod(mcfg, ResNet("resnet18", width=8, cifar_stem=True), il, seed=0), True
+    if case == "mocov3_nonsym":   # per-image query roles, drawn over the global batch
+        return build("mocov3", symmetric=False), False
     return build(case.replace("hard_augment_", "")), False
 
 
@@ -69,7 +71,8 @@ def run(case):
     return {"init": init, "state": {k: v.clone() for k, v in model.state_dict().items()}, "losses": losses}
 
 
-results = {case: run(case) for case in METHODS + ["interloss", "hard_augment_simsiam", "hard_augment_mocov3"]}
+results = {case: run(case) for case in METHODS + ["mocov3_nonsym", "interloss", "hard_augment_simsiam",
+                                                   "hard_augment_mocov3"]}
 if r == 0:
     torch.save(results, sys.argv[2])
 dist.cleanup()

@@ -93,7 +93,7 @@ def test_every_method_interloss_and_hard_augment_update_alike_on_two_ranks_in_fl
     run(["tests/equal_update_worker.py", REPO, one])
     run(["tests/equal_update_worker.py", REPO, two], nproc=2)
     a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
-    assert set(a) == set(b) and len(a) == 12
+    assert set(a) == set(b) and len(a) == 13
     for case in a:
         sa, sb = a[case]["state"], b[case]["state"]
         assert a[case]["losses"] == pytest.approx(b[case]["losses"], abs=1e-10), case

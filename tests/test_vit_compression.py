@@ -403,15 +403,39 @@ def test_nonsymmetric_mocov3_runs_one_query_and_one_key_pass():
         method.target.nets[0].register_forward_hook(lambda m, i, o: calls.append("key"))
         losses[sym] = method(views)["loss"]
         assert calls.count("query") == calls.count("key") == (2 if sym else 1)
-        q = [method.predictor(method.projector(method.backbone(v))) for v in views]
-        k = [method.target(v, None) for v in views]
-        from_hand = mocov3.contrastive(q[0], k[1], method.temperature)
         if sym:
-            from_hand = from_hand + mocov3.contrastive(q[1], k[0], method.temperature)
+            q = [method.predictor(method.projector(method.backbone(v))) for v in views]
+            k = [method.target(v, None) for v in views]
+            from_hand = mocov3.contrastive(q[0], k[1], method.temperature) + mocov3.contrastive(q[1], k[0], method.temperature)
+        else:   # the query view of each image as drawn for this step
+            swap = method.roles(4, torch.device("cpu")).flatten().tolist()
+            qv = torch.stack([views[1][i] if s else views[0][i] for i, s in enumerate(swap)])
+            kv = torch.stack([views[0][i] if s else views[1][i] for i, s in enumerate(swap)])
+            from_hand = mocov3.contrastive(method.predictor(method.projector(method.backbone(qv))),
+                                           method.target(kv, None), method.temperature)
         assert torch.allclose(losses[sym], from_hand.mean(), atol=1e-5)
         assert method.encoded_views(2) == ((2, 2) if sym else (1, 1))
     losses[False].backward()                                              # trains
     assert not torch.allclose(losses[True], losses[False])
+
+
+def test_nonsymmetric_mocov3_draws_the_query_view_per_image():
+    """NeurIPS'24's equivalence of the one-pair loss to the symmetric one at twice the batch needs
+    either view as the query: drawn per image and step (seeded by train.seed), each about half
+    the time, the same draw for a 2-rank slice of the global batch."""
+    method = small_method("mocov3", ViT("vit_t16", patch_size=8), symmetric=False)
+    draws = []
+    for step in range(200):
+        method.begin_step(step)
+        draws.append(method.roles(64, torch.device("cpu")).flatten())
+    draws = torch.stack(draws).float()
+    # 12,800 fair coins: the mean is within 4 standard deviations (0.0177) of 1/2
+    assert abs(draws.mean().item() - 0.5) < 4 * 0.5 / math.sqrt(draws.numel())
+    assert draws.mean(0).min() > 0.3 and draws.mean(0).max() < 0.7        # every image position both ways
+    assert not torch.equal(draws[0], draws[1])                              # redrawn each step
+    method.seed = 1
+    method.begin_step(0)
+    assert not torch.equal(method.roles(64, torch.device("cpu")).flatten().float(), draws[0])   # the seed matters
 
 
 # ---- online CA-MSE (not in the paper)
