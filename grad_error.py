@@ -39,7 +39,7 @@ def parse_args(argv):
     p.add_argument("--drop-ratios", default="0,0.25,0.5,0.75,0.9", help="token dropout ratios (Fig. 4)")
     p.add_argument("--patch-sizes", default="", help="patch sizes; default: the divisors of the crop in "
                    "{16,20,24,30,40,48} (Fig. 4 at 240 px) scaled to the model's patch size")
-    p.add_argument("--samples", type=int, default=256, help="N samples per strategy (the paper: 16384)")
+    p.add_argument("--samples", type=int, default=16384, help="N samples per strategy (default: the paper's 16k; CPU scale: 128-512)")
     p.add_argument("--sub-batch", type=int, default=32, help="K: variance from sub-batches of K samples")
     p.add_argument("--batch", type=int, default=0, help="training batch defining Budget (0: train.batch_size)")
     p.add_argument("--fractions", default="", help="fraction of training of each checkpoint (default: "
@@ -108,14 +108,13 @@ def analyse(path, args, device):
     print(f"{path}: {n_sub} sub-batches of {k} at {res} px; Budget = {budget:.1f} units "
           f"(one full-sequence batch of {args.batch or cfg.train.batch_size})", flush=True)
     G_m = ca_mse.strategy_moments(method, batches, base_stage, k, cfg.train.seed)
-    G = G_m.mean
     grid = []
     for p in patches:
         row = []
         for d in drops:
             st = stage_of(d, p)
             m = G_m if st == base_stage else ca_mse.strategy_moments(method, batches, st, k, cfg.train.seed)
-            row.append(ca_mse.error_profile(G, m, image_cost(st), budget))
+            row.append(ca_mse.error_profile(G_m, m, image_cost(st), budget))
         grid.append(row)
         print(f"  patch {p}: done", flush=True)
     # the training run's steps per epoch (global batch train.batch_size), not this loader's (sub-batches of k)
@@ -155,7 +154,9 @@ def main(argv):
         cfg, state, spe, drops, patches, grid = analyse(path, args, device)
         f = given[i] if given is not None else fraction_of(state, cfg, spe)
         name = os.path.splitext(os.path.basename(path))[0]
-        for key, title in (("ca_mse", "CA-MSE / ||G||^2"), ("bias2", "squared bias / ||G||^2"),
+        for key, title in (("ca_mse", "CA-MSE / ||G||^2"), ("bias2", "squared bias (unbiased) / ||G||^2"),
+                           ("bias2_se", "its standard error / ||G||^2"),
+                           ("bias2_plugin", "plug-in squared bias (biased up by the noise) / ||G||^2"),
                            ("ca_var", "cost-adjusted variance / ||G||^2")):
             print(show(f"{name} at {100 * f:.0f}% of training: {title}", key, grid, drops, patches))
         d, p = ca_mse.best_strategy(grid, drops, patches)

@@ -3,7 +3,8 @@
 For a strategy c (drop ratio, patch size) at parameters theta:
     MSE(g^c, G) = ||G - g_bar^c||^2 + E||g^c - g_bar^c||^2 = Bias^2 + Var          (Eq. 8-9)
     CA-MSE(g^c) = Bias^2 + Cost(c) / Budget * Var                                    (Eq. 10)
-G (the full-sequence mean gradient) and g_bar^c are sample means over the same N samples. Autograd
+G (the full-sequence mean gradient) and g_bar^c are sample means over the same N samples; the squared
+bias is estimated without the sampling noise of their difference (`squared_bias`). Autograd
 only gives the gradient of a whole batch, so the per-sample variance is estimated from the means
 of sub-batches of K samples: Var(per sample) = K Var(sub-batch mean) (sec. 5.1). Budget is
 the cost (in sample-cost units) of one training batch without compression, so the variance term
@@ -22,23 +23,34 @@ from common import rng
 
 
 class GradientMoments:
-    """Streaming mean and total variance of sub-batch mean gradients (flat vectors)."""
+    """Streaming mean and total variance of sub-batch mean gradients (flat vectors), kept as the
+    sums of `folds` interleaved groups of sub-batches (sub-batch j in group j mod folds), which
+    the unbiased squared bias of `error_profile` needs: memory folds x params."""
 
-    def __init__(self, sub_batch):
-        self.k = int(sub_batch)
-        self.sum = None
+    def __init__(self, sub_batch, folds=4):
+        self.k, self.folds = int(sub_batch), int(folds)
+        self.fold_sums, self.fold_n = [None] * self.folds, [0] * self.folds
         self.sq = 0.0
         self.n = 0
 
     def add(self, g):
         g = g.detach().reshape(-1).to(torch.float64)
-        self.sum = g.clone() if self.sum is None else self.sum.add_(g)
+        f = self.n % self.folds
+        self.fold_sums[f] = g.clone() if self.fold_sums[f] is None else self.fold_sums[f].add_(g)
+        self.fold_n[f] += 1
         self.sq += float(g.dot(g))
         self.n += 1
 
     @property
+    def sum(self):
+        return sum(s for s in self.fold_sums if s is not None)
+
+    @property
     def mean(self):
         return self.sum / self.n
+
+    def fold_means(self):
+        return [s / c for s, c in zip(self.fold_sums, self.fold_n) if c]
 
     def variance(self):
         """Trace of the per-sample gradient covariance: K x the unbiased variance of the
@@ -50,15 +62,46 @@ class GradientMoments:
         return self.k * max(between, 0.0)
 
 
-def error_profile(G, moments, cost, budget):
-    """Eq. 8-10 for one strategy, each term divided by ||G||^2: bias2, var (per sample),
-    ca_var = cost / budget x var, ca_mse = bias2 + ca_var, mse1 = bias2 + var (one sample)."""
+def squared_bias(base, moments):
+    """Unbiased ||E[g^c] - E[G]||^2 and its jackknife standard error (over folds), from the same
+    sub-batches seen by both strategies. The plug-in ||G_bar - g_bar^c||^2 adds the sampling
+    variance of the mean difference, tr Cov(d_bar) > 0, to every compressed strategy and nothing
+    to the uncompressed one (whose difference is 0), which biases small-sample schedules toward
+    no compression. With d_a the difference of the two strategies' means over fold a (folds are
+    disjoint sub-batches, so independent), E[d_a . d_b] = ||mu||^2 for a != b: the U-statistic
+    (||sum_a d_a||^2 - sum_a ||d_a||^2) / (m (m - 1)) is unbiased (it can fall below 0 when the
+    bias is under the noise)."""
+    if moments is base:
+        return 0.0, 0.0
+    if base.fold_n != moments.fold_n:
+        raise ValueError("squared_bias: the two strategies must be accumulated over the same sub-batches")
+    d = [a - b for a, b in zip(base.fold_means(), moments.fold_means())]
+    m = len(d)
+    if m < 2:
+        raise ValueError("the unbiased squared bias needs at least two sub-batches")
+    total = sum(d)
+    sq = [float(x.dot(x)) for x in d]
+    u = (float(total.dot(total)) - sum(sq)) / (m * (m - 1))
+    if m < 3:
+        return u, float("nan")
+    loo = [(float((total - x).dot(total - x)) - (sum(sq) - q)) / ((m - 1) * (m - 2)) for x, q in zip(d, sq)]
+    mean_loo = sum(loo) / m
+    return u, ((m - 1) / m * sum((v - mean_loo) ** 2 for v in loo)) ** 0.5
+
+
+def error_profile(base, moments, cost, budget):
+    """Eq. 8-10 for one strategy against the uncompressed one (`base`, accumulated over the same
+    sub-batches), each term divided by ||G||^2: bias2 (unbiased, `squared_bias`) with its standard
+    error bias2_se, bias2_plugin (the biased ||G_bar - g_bar^c||^2, for comparison), var (per
+    sample), ca_var = cost / budget x var, ca_mse = bias2 + ca_var, mse1 = bias2 + var (one sample)."""
+    G = base.mean
     norm = float(G.dot(G))
     diff = G - moments.mean
-    bias2 = float(diff.dot(diff)) / norm
+    bias2, se = squared_bias(base, moments)
     var = moments.variance() / norm
     ca_var = cost / budget * var
-    return {"bias2": bias2, "var": var, "ca_var": ca_var, "ca_mse": bias2 + ca_var, "mse1": bias2 + var,
+    return {"bias2": bias2 / norm, "bias2_se": se / norm, "bias2_plugin": float(diff.dot(diff)) / norm,
+            "var": var, "ca_var": ca_var, "ca_mse": bias2 / norm + ca_var, "mse1": bias2 / norm + var,
             "cost": cost, "grad_norm2": norm}
 
 

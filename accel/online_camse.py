@@ -59,7 +59,7 @@ def estimate(method, views, local_views, stages, sub_batch, image_cost, budget, 
     profiles = []
     for st in stages:
         m = G_m if st == full else ca_mse.strategy_moments(method, lambda: iter(subs), st, k, seed)
-        profiles.append(ca_mse.error_profile(G_m.mean, m, image_cost(st), budget))
+        profiles.append(ca_mse.error_profile(G_m, m, image_cost(st), budget))
     scores = torch.tensor([p["ca_mse"] for p in profiles], dtype=torch.float64)
     if dist.is_dist():   # every rank picks the same winner
         scores = dist.all_reduce_mean(scores.to(views[0].device)).cpu()

@@ -235,12 +235,49 @@ def test_ca_mse_estimator_recovers_known_bias_and_variance():
 
     base, comp = moments(torch.zeros(dim)), moments(bias)
     G = base.mean
-    prof = ca_mse.error_profile(G, comp, cost=2.0, budget=8.0)
+    prof = ca_mse.error_profile(base, comp, cost=2.0, budget=8.0)
     norm = float(G.dot(G))
     assert prof["bias2"] * norm == pytest.approx(float(bias.dot(bias)), rel=0.1)
     assert prof["var"] * norm == pytest.approx(dim * sigma ** 2, rel=0.1)
     assert prof["ca_mse"] == pytest.approx(prof["bias2"] + 2.0 / 8.0 * prof["var"])
     assert comp.sum.numel() == dim and isinstance(comp.sq, float)       # O(params) state
+
+
+def test_unbiased_squared_bias_converges_where_the_plug_in_estimate_does_not_and_picks_the_right_strategy():
+    """A synthetic problem with known parts: per sub-batch, the full gradient is G + noise and a
+    compressed one is G + offset + its own noise (same sub-batches, independent compression noise).
+    Over repetitions the unbiased estimate averages to ||offset||^2 and its standard error matches
+    its spread; the plug-in one sits above by the noise of the mean difference (2 sigma^2 dim / (K n)
+    here). With 8 sub-batches, the schedule built on the plug-in estimate keeps the full sequence,
+    while the true CA-MSE (and, on average, the unbiased one) favours the cheaper strategy."""
+    gen = torch.Generator().manual_seed(0)
+    dim, n_sub, k, sigma = 200, 8, 4, 1.0
+    G_true = torch.randn(dim, generator=gen, dtype=torch.float64) * 2
+    offset = torch.full((dim,), 0.05, dtype=torch.float64)          # ||offset||^2 = 0.5
+    cost_full, cost_half, budget = 1.0, 0.5, 64.0                     # a training batch of 64 full-cost images
+    unbiased, plugin, ses, picks_plugin, picks_unbiased = [], [], [], [], []
+    for _ in range(300):
+        base, comp = ca_mse.GradientMoments(k), ca_mse.GradientMoments(k)
+        for _ in range(n_sub):
+            base.add(G_true + sigma * torch.randn(dim, generator=gen, dtype=torch.float64) / math.sqrt(k))
+            comp.add(G_true + offset + sigma * torch.randn(dim, generator=gen, dtype=torch.float64) / math.sqrt(k))
+        full, half = ca_mse.error_profile(base, base, cost_full, budget), ca_mse.error_profile(base, comp, cost_half, budget)
+        norm = full["grad_norm2"]
+        unbiased.append(half["bias2"] * norm)
+        plugin.append(half["bias2_plugin"] * norm)
+        ses.append(half["bias2_se"] * norm)
+        picks_plugin.append(half["bias2_plugin"] + half["ca_var"] < full["ca_mse"])
+        picks_unbiased.append(half["ca_mse"] < full["ca_mse"])
+    truth, noise = float(offset.dot(offset)), 2 * sigma ** 2 * dim / (k * n_sub)
+    unbiased, plugin = torch.tensor(unbiased), torch.tensor(plugin)
+    sem = unbiased.std() / math.sqrt(len(unbiased))
+    assert abs(unbiased.mean() - truth) < 4 * sem                               # unbiased
+    assert abs(plugin.mean() - (truth + noise)) < 4 * plugin.std() / math.sqrt(len(plugin))   # biased by the noise
+    assert 0.5 < torch.tensor(ses).mean() / unbiased.std() < 2.0                # the SE is the right size
+    # true CA-MSE: full = dim sigma^2 / 64 = 3.1; half = 0.5 + dim sigma^2 / 128 = 2.1 -> half wins; the
+    # plug-in adds 2 dim sigma^2 / 32 = 12.5 to half
+    assert truth + cost_half / budget * dim * sigma ** 2 < cost_full / budget * dim * sigma ** 2
+    assert sum(picks_plugin) < 0.2 * len(picks_plugin) and sum(picks_unbiased) > 0.5 * len(picks_unbiased)
 
 
 def test_strategy_moments_on_a_tiny_vit_method():
@@ -254,8 +291,9 @@ def test_strategy_moments_on_a_tiny_vit_method():
     again = ca_mse.strategy_moments(method, lambda: iter(data), (0.0, 8, 0.0, 8), 4)
     half = ca_mse.strategy_moments(method, lambda: iter(data), (0.5, 8, 0.5, 8), 4)
     assert torch.equal(full.sum, again.sum)                              # same data, buffers restored
-    prof = ca_mse.error_profile(full.mean, half, 1.0, 1.0)
-    assert prof["bias2"] > 0 and math.isfinite(prof["ca_mse"])
+    prof = ca_mse.error_profile(full, half, 1.0, 1.0)
+    assert prof["bias2_plugin"] > 0 and math.isfinite(prof["ca_mse"]) and math.isnan(prof["bias2_se"])   # 2 folds
+    assert ca_mse.error_profile(full, full, 1.0, 1.0)["bias2"] == 0.0
     grid = [[{"ca_mse": 3.0}, {"ca_mse": 1.0}], [{"ca_mse": 2.0}, {"ca_mse": 5.0}]]
     assert ca_mse.best_strategy(grid, [0.0, 0.5], [8, 16]) == (0.5, 8)
 
