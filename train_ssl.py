@@ -341,10 +341,18 @@ def main(cfg):
         ckpt.save(snapshot, model=model, backbone=model.eval_backbone(), optimizer=optimizer, scaler=scaler,
                   ledger=ledger, step=step, epoch=epoch, knn_start=knn_start, plan=sched.plan)
 
+    # train.snapshot_fractions not yet passed (at 0: before the first step)
+    fractions = sorted(f for f in cfg.train.snapshot_fractions if f > sched.plan.fraction_done(step) or f == step == 0)
+
+    def snapshots(epoch):
+        while fractions and sched.plan.fraction_done(step) >= fractions[0] - 1e-12:
+            save(epoch, snapshot=f"ckpt_p{round(100 * fractions.pop(0)):03d}.pt")
+
     if step == 0:
         knn_start = knn()
         logger.log({"epoch": 0.0, "knn_top1": knn_start}, step=0)
         logger.print(f"kNN top-1 at start (random init): {knn_start:.2f}%")
+        snapshots(0)
     if step >= sched.plan.total_steps:
         logger.print(f"{ckpt.path} is already at the last step ({sched.plan.total_steps}); nothing to train")
         return
@@ -360,7 +368,8 @@ def main(cfg):
             done, last = step + 1, sched.plan.total_steps
             logs = done % cfg.train.log_every == 0 or done >= last
             saves = (done % steps_per_epoch == 0 or done == cfg.train.stop_at_step
-                     or (cfg.train.ckpt_every_steps and done % cfg.train.ckpt_every_steps == 0))
+                     or (cfg.train.ckpt_every_steps and done % cfg.train.ckpt_every_steps == 0)
+                     or (fractions and sched.plan.fraction_done(done) >= fractions[0] - 1e-12))
             # a step that neither logs, saves nor checks reads no device value (train.forbid_sync
             # enforces it after the first step, whose set-up may synchronise)
             quiet = not (logs or saves or stop.due(done) or sched.plan.due(step)) and step > first
@@ -384,6 +393,7 @@ def main(cfg):
                 bar.set_postfix(loss=f"{mean_loss:.4f}", ips=f"{ips:.0f}")
             if cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0:
                 save(epoch)
+            snapshots(epoch)
             if step == cfg.train.stop_at_step or stop_requested:
                 save(epoch)
                 bar.close()

@@ -275,6 +275,10 @@ class CompressionPlan:
                 "(a placeholder with the paper's shape, not a measured CA-MSE schedule); derive one with "
                 "grad_error.py --schedule-out (README, 'ViT sequence compression')"]
 
+    def fraction_done(self, step):
+        """Fraction of training (of the budget in budget runs) done after `step` steps."""
+        return float(self.progress[step]) if step < len(self.progress) else 1.0
+
     def epoch_range(self, first):
         """Epochs from `first` while the plan (which online CA-MSE may re-make) has any left."""
         epoch = first

@@ -24,6 +24,10 @@ SSL_TRAIN = {
     # train.epochs; the step count follows up front from the compression schedule's per-step
     # cost, and the lr schedule (warm-up included) follows the fraction of budget spent
     "budget": 0.0,
+    # also keep ckpt_pNNN.pt when the run has done these fractions of its training (of train.budget
+    # in budget runs; 0 = before the first step): CA-MSE's checkpoints at 0, 25, 50, 75 and 100 %
+    # (NeurIPS'24 sec. 6.3; grad_error.py), e.g. [0, 0.25, 0.5, 0.75, 1.0]
+    "snapshot_fractions": [],
     # exactness checks: weights, views and losses in float64 (CPU). A 2-rank run then computes the
     # 1-rank update to ~1e-12 instead of float32 rounding noise (tests/test_training.py)
     "float64": False,

@@ -330,7 +330,7 @@ def test_budget_run_with_a_schedule_stops_when_the_budget_is_spent(tmp_path):
     # 16 images x 2 views, MoCo v3: (3 L_q + L_k) / 197 each; full step (L = 17): 16 x 2 x 68 / 197 = 11.05
     p = run(["train_ssl.py"] + TINY + small_overrides("mocov3") + VIT_TINY + [
         f"output_dir={out}", "train.budget=60", f"accel.compression.schedule={sched}",
-        "optim.schedule=poly", "optim.warmup_fraction=0.25"])
+        "optim.schedule=poly", "optim.warmup_fraction=0.25", "train.snapshot_fractions=[0,0.5,1.0]"])
     # a placeholder schedule says so: a warning line in the log, a key in config.yaml
     assert any(line.startswith("WARNING:") and "ILLUSTRATIVE" in line for line in p.stdout.splitlines())
     assert "illustrative: true" in open(os.path.join(out, "config.yaml")).read()
@@ -348,6 +348,17 @@ def test_budget_run_with_a_schedule_stops_when_the_budget_is_spent(tmp_path):
     assert 0.15 * 60 < units[top - 1] < 0.35 * 60
     summary = read_metrics(out)[-1]
     assert summary["budget_units"] == pytest.approx(units[-1]) and "knn_top1" in summary
+    # snapshots at fractions of the budget: before the first step, the first step past half, the end
+    from common import checkpoint
+    from common.config import load_config
+    from grad_error import fraction_of
+    from selfsup.config import ssl_defaults
+    snaps = {f: checkpoint.load(os.path.join(out, f"ckpt_p{f:03d}.pt")) for f in (0, 50, 100)}
+    assert snaps[0]["step"] == 0 and snaps[100]["step"] == len(rows)
+    half = snaps[50]["step"]
+    assert units[half - 1] >= 30 > (units[half - 2] if half > 1 else 0)
+    cfg = load_config(ssl_defaults(), None, TINY + small_overrides("mocov3") + VIT_TINY + ["train.budget=60"])
+    assert [fraction_of(snaps[f], cfg, 4) for f in (0, 50)] == [0.0, pytest.approx(units[half - 1] / 60)]
     # grad_error.py on the finished run: the grids, and a schedule that train_ssl.py can read
     ge = run(["grad_error.py", "--checkpoint", os.path.join(out, "checkpoint.pt"), "--patch-sizes", "8,16",
               "--drop-ratios", "0,0.5", "--samples", "16", "--sub-batch", "8", "--out", out,
