@@ -13,8 +13,9 @@ validation top-1 or delta<1.25 for the supervised and depth scripts), the paper'
 our measured ones against the row's baseline run (wall time and training + selection PFLOPs from
 the FLOP ledger), PFLOPs, wall time, epochs done of planned, and the scale each run was measured
 at (dataset, model, resolution, device, ranks). Runs still going, or stopped, are reported with
-what they have logged so far. Writes the same as CSV, and per table two PNG plots: accuracy
-against training PFLOPs (WACV'23 Fig. 1) and kNN top-1 over epochs.
+what they have logged so far. Runs of one file that differ only in `train.seed` make one line:
+ours as mean +- sample std (n seeds). Writes the same as CSV, and per table two PNG plots:
+accuracy against training PFLOPs (WACV'23 Fig. 1) and kNN top-1 over epochs.
 """
 import argparse
 import csv
@@ -99,7 +100,15 @@ def read_run(run_dir):
     model = cfg.get("model", {})
     data = cfg.get("data", {})
     res = data.get("crop_size") or data.get("height")
+    same = {k: v for k, v in cfg.items() if k not in ("output_dir",)}
+    train = dict(same.get("train") or {})
+    seed = train.pop("seed", None)
+    for k in SEED_FREE:   # how a run is served and logged, not what it trains
+        train.pop(k, None)
+    same["train"] = train
+    same["data"] = {k: v for k, v in (same.get("data") or {}).items() if k not in ("workers", "root")}
     return {"dir": run_dir, "file": config_file_of(info), "paper": paper, "value": value, "source": source,
+            "seed": seed, "signature": json.dumps(same, sort_keys=True, default=str),
             "pflops": pflops, "wall_s": (steps[-1]["time"] - rows[0]["time"]) if steps else 0.0,
             "epochs_done": epochs_done, "epochs_planned": cfg.get("train", {}).get("epochs"),
             "status": "finished" if done else ("not started" if not steps else "partial"),
@@ -107,6 +116,38 @@ def read_run(run_dir):
                      f"{' width ' + str(model['width']) if 'width' in model else ''}, {res} px, "
                      f"{info.get('device', '?')} x {info.get('world_size', 1)}",
             "knn_curve": [(r["epoch"], r["knn_top1"]) for r in rows if "knn_top1" in r and "epoch" in r]}
+
+
+SEED_FREE = ("threads", "log_every", "check_every", "ckpt_every_steps", "snapshot_every_epochs", "stop_at_step",
+             "allow_changes", "forbid_sync", "compile", "compile_backend")
+
+
+def group_seeds(runs):
+    """Runs of one experiment file whose configs differ only in train.seed (and output_dir,
+    data.root / workers, logging and checkpoint cadence) become one record: `value` their mean,
+    `std` the sample standard deviation, `n` and `seeds`; wall time and PFLOPs their means."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["file"], r["signature"]), []).append(r)
+    out = []
+    for rs in groups.values():
+        if len({r["seed"] for r in rs}) < len(rs):   # the same seed twice (a copy, a re-run): lines of their own
+            out += [dict(r, n=1, std=None, seeds=[r["seed"]]) for r in rs]
+            continue
+        rec = dict(rs[0], n=1, std=None, seeds=[rs[0]["seed"]])
+        if len(rs) > 1:
+            vals = [r["value"] for r in rs if r["value"] is not None]
+            mean = sum(vals) / len(vals) if vals else None
+            std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else None
+            statuses = [r["status"] for r in rs]
+            rec.update(value=mean, std=std, n=len(vals), seeds=sorted(r["seed"] for r in rs),
+                       pflops=sum(r["pflops"] for r in rs) / len(rs), wall_s=sum(r["wall_s"] for r in rs) / len(rs),
+                       epochs_done=min(r["epochs_done"] for r in rs),
+                       status=statuses[0] if len(set(statuses)) == 1 else
+                       f"{statuses.count('finished')} of {len(rs)} finished",
+                       dir=", ".join(r["dir"] for r in rs))
+        out.append(rec)
+    return out
 
 
 def find_runs(paths):
@@ -147,6 +188,7 @@ def report(run_dirs, out_dir=None):
     if not runs:
         print("error: none of the run directories given is a run of an experiment file", file=sys.stderr)
         sys.exit(2)
+    runs = group_seeds(runs)   # seeds of one configuration: one line, mean +- std (n)
     tables = table_files()
     keys = list(dict.fromkeys((r["paper"].get("name"), r["paper"].get("where")) for r in runs))
     lines, csv_rows = [], []
@@ -175,6 +217,8 @@ def report(run_dirs, out_dir=None):
                 and run["status"] == "finished" else None
             rec = {"table": f"{key[0]} {key[1]}", "row": paper.get("row"), "file": rel, "metric": paper.get("metric"),
                    "paper_value": paper.get("value"), "ours": run["value"] if run else None,
+                   "ours_std": run["std"] if run else None, "n_seeds": run["n"] if run else 0,
+                   "seeds": run["seeds"] if run else [],
                    "paper_speedup": paper.get("speedup"), "ours_wall_speedup": wall_x, "ours_flops_speedup": flop_x,
                    "pflops": run["pflops"] if run else None, "wall_s": run["wall_s"] if run else None,
                    "epochs_done": run["epochs_done"] if run else None,
@@ -183,8 +227,10 @@ def report(run_dirs, out_dir=None):
                    "run_dir": run["dir"] if run else None}
             csv_rows.append(rec)
             epochs = f"{rec['epochs_done']:.3g}/{rec['epochs_planned']}" if run else "–"
+            ours_text = fmt(rec["ours"], ".2f") if not rec["n_seeds"] or rec["n_seeds"] < 2 else \
+                f"{rec['ours']:.2f} +- {fmt(rec['ours_std'], '.2f')} (n={rec['n_seeds']})"
             lines.append(f"| {rec['row']} | {rel} | {fmt(rec['metric'])} | {fmt(rec['paper_value'])} | "
-                         f"{fmt(rec['ours'], '.2f')} | {fmt(rec['paper_speedup'])} | {fmt(wall_x, '.2f')} | "
+                         f"{ours_text} | {fmt(rec['paper_speedup'])} | {fmt(wall_x, '.2f')} | "
                          f"{fmt(flop_x, '.2f')} | {fmt(rec['pflops'], '.4g')} | "
                          f"{fmt(rec['wall_s'] and rec['wall_s'] / 60, '.1f')} min | {epochs} | {fmt(rec['scale'])} | "
                          f"{rec['status']} |")

@@ -241,3 +241,28 @@ def test_an_empty_jpeg_is_named_in_the_message(tmp_path):
         with pytest.raises(DataError) as e:
             read(0)
         assert str(tmp_path / "cat" / "empty.jpg") in str(e.value) and "BytesIO" not in str(e.value)
+
+
+def test_report_puts_seeds_of_one_configuration_on_one_line(tiny_run, tmp_path):
+    """Three copies of a run that differ only in train.seed (and output_dir) -> one line with the
+    mean +- sample std over n = 3; a copy with another learning rate stays a line of its own."""
+    import shutil
+    import report
+    values = {0: 40.0, 1: 44.0, 2: 48.0}
+    for seed, value in list(values.items()) + [(3, 10.0)]:
+        d = tmp_path / f"s{seed}"
+        shutil.copytree(tiny_run, d)
+        cfg = yaml.safe_load(open(d / "config.yaml"))
+        cfg["train"]["seed"], cfg["output_dir"] = seed, str(d)
+        if seed == 3:
+            cfg["optim"]["lr"] = 0.5
+        yaml.safe_dump(cfg, open(d / "config.yaml", "w"), sort_keys=False)
+        rows = read_metrics(str(d))
+        rows[-1]["knn_top1"] = value
+        with open(d / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    recs = [r for r in report.report([str(tmp_path / f"s{i}") for i in range(4)]) if r["run_dir"]]
+    grouped = next(r for r in recs if r["n_seeds"] == 3)
+    assert grouped["ours"] == pytest.approx(44.0) and grouped["ours_std"] == pytest.approx(4.0)
+    assert grouped["seeds"] == [0, 1, 2] and sorted(r["n_seeds"] for r in recs) == [1, 3]
+    assert next(r for r in recs if r["n_seeds"] == 1)["ours"] == 10.0
