@@ -111,7 +111,9 @@ def read_run(run_dir):
             "seed": seed, "signature": json.dumps(same, sort_keys=True, default=str),
             "pflops": pflops, "wall_s": (steps[-1]["time"] - rows[0]["time"]) if steps else 0.0,
             "epochs_done": epochs_done, "epochs_planned": cfg.get("train", {}).get("epochs"),
-            "status": "finished" if done else ("not started" if not steps else "partial"),
+            "status": ("finished" if done else ("not started" if not steps else "partial"))
+                      + (", illustrative schedule" if ((cfg.get("accel") or {}).get("compression") or {}).get("illustrative")
+                         else ""),
             "scale": f"{info.get('train_images', data.get('name', '?'))}, {model.get('arch', 'dispnet')}"
                      f"{' width ' + str(model['width']) if 'width' in model else ''}, {res} px, "
                      f"{info.get('device', '?')} x {info.get('world_size', 1)}",
@@ -144,7 +146,7 @@ def group_seeds(runs):
                        pflops=sum(r["pflops"] for r in rs) / len(rs), wall_s=sum(r["wall_s"] for r in rs) / len(rs),
                        epochs_done=min(r["epochs_done"] for r in rs),
                        status=statuses[0] if len(set(statuses)) == 1 else
-                       f"{statuses.count('finished')} of {len(rs)} finished",
+                       f"{sum(x.startswith('finished') for x in statuses)} of {len(rs)} finished",
                        dir=", ".join(r["dir"] for r in rs))
         out.append(rec)
     return out
@@ -211,10 +213,10 @@ def report(run_dirs, out_dir=None):
                 if base is None:   # the baseline row may be another row of this table, run from its own file
                     base_paper = next((p for f, p in rows if f == base_rel), None)
                     base = by_row.get(base_paper.get("row")) if base_paper else None
-            wall_x = base["wall_s"] / run["wall_s"] if base and run and run["wall_s"] and base["status"] == "finished" \
-                and run["status"] == "finished" else None
-            flop_x = base["pflops"] / run["pflops"] if base and run and run["pflops"] and base["status"] == "finished" \
-                and run["status"] == "finished" else None
+            wall_x = base["wall_s"] / run["wall_s"] if base and run and run["wall_s"] and base["status"].startswith("finished") \
+                and run["status"].startswith("finished") else None
+            flop_x = base["pflops"] / run["pflops"] if base and run and run["pflops"] and base["status"].startswith("finished") \
+                and run["status"].startswith("finished") else None
             rec = {"table": f"{key[0]} {key[1]}", "row": paper.get("row"), "file": rel, "metric": paper.get("metric"),
                    "paper_value": paper.get("value"), "ours": run["value"] if run else None,
                    "ours_std": run["std"] if run else None, "n_seeds": run["n"] if run else 0,

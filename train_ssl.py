@@ -55,7 +55,9 @@ def plan(cfg, config_file=None, baseline=True, count_flops=True):
     out = {"file": config_file, "script": "train_ssl.py", "method": cfg.method.name, "arch": cfg.model.arch,
            "dataset": source, "train_images": n_images, "global_batch": batch, "steps_per_epoch": steps_per_epoch,
            "steps": p.total_steps, "epochs": p.total_steps / steps_per_epoch,
-           "warmup_steps": schedules.warmup_steps_of(cfg.optim, p.total_steps, steps_per_epoch)}
+           "warmup_steps": warmup_as_run(cfg, p, steps_per_epoch)}
+    if p.illustrative:   # a placeholder schedule: say so wherever the plan is read (text and JSON)
+        out["illustrative_schedule"] = f"{cfg.accel.compression.schedule} is a placeholder, not a measured CA-MSE schedule"
     # every step's cost is set by (resolution, compression stage): count each pair once, on meta tensors
     groups = planning.runs(np.stack([sched.resolution, p.d_q, p.p_q, p.d_k, p.p_k], 1))
     n_views, n_local = 2 if ha.enabled else cfg.data.num_views, cfg.data.local_views
@@ -87,6 +89,14 @@ def plan(cfg, config_file=None, baseline=True, count_flops=True):
     stage_keys = ["resolution"] + (["drop", "patch", "key_drop", "key_patch"] if p.active else [])
     out["stages"] = planning.stage_table(steps_per_epoch, dict(columns, warmup=warm), stage_keys + ["warmup"])
     return out
+
+
+def warmup_as_run(cfg, p, steps_per_epoch):
+    """Steps until the lr stops rising. With train.budget the lr follows the fraction of budget
+    spent (CompressionPlan.follow), so cheap compressed steps stretch the warm-up past its step
+    count: the first step whose progress reaches the warm-up's share."""
+    w = schedules.warmup_steps_of(cfg.optim, p.total_steps, steps_per_epoch)
+    return int(np.searchsorted(np.asarray(p.progress) * p.total_steps, w, side="left")) if w else 0
 
 
 def _step_flops(cfg, res, compression):
@@ -167,6 +177,7 @@ class Schedules:
         n = self.plan.total_steps
         self.resolution, self.magnitude = np.full(n, self.resolution[0]), np.full(n, self.magnitude[0])
         model.prepare(n, self.plan.steps_per_epoch)
+        model.follow_budget(self.plan.follow)
 
     def resume(self, plan_state, model):
         """Replay a checkpoint's online switches (none: nothing to do)."""
@@ -318,6 +329,7 @@ def main(cfg):
                                 cfg.optim.weight_decay, device=device)
     compiled = run.Compiled(model, cfg.train, shapes=step_shapes(cfg, sched))
     model.prepare(sched.plan.total_steps, steps_per_epoch)  # the method's own per-step arrays (EMA momentum, temperatures)
+    model.follow_budget(sched.plan.follow)   # with train.budget, those counted in epochs follow the budget spent
     scaler, ledger = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16), FlopLedger()
 
     # ---- resume

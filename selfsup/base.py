@@ -120,6 +120,17 @@ class SSLMethod(nn.Module):
     def prepare(self, total_steps, steps_per_epoch):
         """Precompute per-step arrays (EMA momentum, temperatures) for a run of total_steps."""
 
+    # Per-step arrays (attribute names) whose shape is set in epochs of training: in train.budget
+    # runs they follow the fraction of budget spent, as the lr does (compressed steps are cheaper,
+    # so "the first 30 epochs" is a share of the budget, not of the steps).
+    budget_schedules = ()
+
+    def follow_budget(self, follow):
+        """Re-index `budget_schedules` by `follow` (accel/compression.py CompressionPlan.follow)."""
+        for name in self.budget_schedules:
+            if getattr(self, name, None) is not None:
+                setattr(self, name, follow(getattr(self, name)))
+
     def schedule_values(self):
         """The method's scheduled values at the current step, for the training log."""
         return {"ema": float(self.ema[self.step])} if getattr(self, "ema", None) is not None else {}

@@ -89,6 +89,10 @@ class BlockwiseMethod(SSLMethod):
         for h in self.heads:
             h.prepare(total_steps, steps_per_epoch)
 
+    def follow_budget(self, follow):
+        for h in self.heads:
+            h.follow_budget(follow)
+
     def begin_step(self, step):
         super().begin_step(step)
         c = self.cfg

@@ -102,6 +102,8 @@ class DINO(SSLMethod):
         self.ema = self.teacher_temp = None
         self.freeze_last_layer_steps = 0
 
+    budget_schedules = ("teacher_temp",)   # the teacher temperature's warm-up is counted in epochs
+
     def prepare(self, total_steps, steps_per_epoch):
         c = self.cfg
         self.ema = momentum_schedule(c.ema_schedule, c.ema, total_steps)

@@ -346,6 +346,17 @@ def test_budget_run_with_a_schedule_stops_when_the_budget_is_spent(tmp_path):
     top = int(np.argmax(lrs))                                            # warm-up: the first quarter of budget
     assert lrs[0] == 0.0 and lrs[:top + 1] == sorted(lrs[:top + 1]) and lrs[top:] == sorted(lrs[top:], reverse=True)
     assert 0.15 * 60 < units[top - 1] < 0.35 * 60
+    # --plan says where that warm-up ends (the budget's fraction, not the step count) and that the
+    # schedule is a placeholder
+    import train_ssl
+    from common import schedules
+    from common.config import load_config
+    from selfsup.config import ssl_defaults
+    pcfg = load_config(ssl_defaults(), None, TINY + small_overrides("mocov3") + VIT_TINY + [
+        "train.budget=60", f"accel.compression.schedule={sched}", "optim.schedule=poly", "optim.warmup_fraction=0.25"])
+    planned = train_ssl.plan(pcfg, None, baseline=False, count_flops=False)
+    assert abs(planned["warmup_steps"] - top) <= 1 and "placeholder" in planned["illustrative_schedule"]
+    assert schedules.warmup_steps_of(pcfg.optim, planned["steps"], 4) != planned["warmup_steps"]   # the old column
     summary = read_metrics(out)[-1]
     assert summary["budget_units"] == pytest.approx(units[-1]) and "knn_top1" in summary
     # snapshots at fractions of the budget: before the first step, the first step past half, the end
@@ -528,3 +539,20 @@ def test_online_reestimate_switches_replans_and_resumes(capsys):
     assert [again.stage(t) for t in range(again.total_steps)] == [plan.stage(t) for t in range(plan.total_steps)]
     with pytest.raises(ConfigError, match="needs train.budget"):
         _plan(small_overrides("mocov3") + VIT_TINY + ["accel.compression.online=true"])
+
+
+def test_dino_teacher_temperature_warms_up_over_a_share_of_the_budget():
+    """In a budget run cheap compressed steps come first, so DINO's teacher-temperature warm-up
+    (counted in epochs) must end where that share of the budget is spent, as the lr's does."""
+    method = small_method("dino", ViT("vit_t16", patch_size=8), warmup_teacher_temp=0.04, teacher_temp=0.07,
+                          warmup_teacher_temp_epochs=2)
+    n, spe = 40, 5                                                    # warm-up: 10 of 40 uniform steps
+    method.prepare(n, spe)
+    raw = np.asarray(method.teacher_temp).copy()
+    assert np.argmax(raw >= 0.07 - 1e-9) == 10
+    progress = np.concatenate([np.linspace(0, 0.25, 20, endpoint=False), np.linspace(0.25, 1, 20, endpoint=False)])
+    method.follow_budget(lambda a: compression.at_progress(a, progress))   # 20 cheap steps spend the first quarter
+    assert np.argmax(np.asarray(method.teacher_temp) >= 0.07 - 1e-9) == 20
+    method.prepare(n, spe)
+    method.follow_budget(lambda a: a)                                 # no budget: unchanged
+    assert np.array_equal(method.teacher_temp, raw)
