@@ -261,8 +261,9 @@ def step_metrics(cfg, model, optimizer, sched, ledger, step):
         out["budget_units"] = ledger.global_total("budget_units")
         if sched.plan.active:
             out.update(zip(("drop_ratio", "patch_size", "key_drop_ratio", "key_patch_size"), sched.plan.stage(step - 1)))
-        if sched.plan.online:  # the estimates' own passes, not charged to the budget
+        if sched.plan.online:  # the estimates' own passes (charged to budget_units too)
             out["online_units"] = ledger.global_total("online_units")
+            out["online_pflops"] = ledger.global_total("online") / 1e15
     if "momentum" in optimizer.param_groups[0]:  # SGD / LARS (AdamW has betas)
         out["momentum"] = optimizer.param_groups[0]["momentum"]
     if sched.weight_decay is not None:

@@ -19,7 +19,7 @@ O(params), never O(samples x params).
 import torch
 
 from accel import token_dropout
-from common import rng
+from common import dist, rng
 
 
 class GradientMoments:
@@ -110,23 +110,28 @@ def flat_grad(params):
                       for p in params])
 
 
-def strategy_moments(method, batches, stage, sub_batch, seed=0):
+def strategy_moments(method, batches, stage, sub_batch, seed=0, across_ranks=False):
     """Accumulate the gradients of `method`'s loss under `stage` = (d_q, p_q, d_k, p_k) over the
     sub-batches that `batches()` yields (an iterable of (views, local_views); called afresh, it
     must yield the same data). Buffers that a forward changes (BN statistics, DINO's centre,
-    queues) are restored after every sub-batch, so every strategy sees the same model."""
+    queues) are restored after every sub-batch, so every strategy sees the same model.
+    across_ranks: every rank yields its share of each sub-batch and the gradients are averaged over
+    ranks (as DDP does), so the moments are those of the global sub-batches of sub_batch x ranks
+    images, the same on every rank."""
     params = [p for p in method.parameters() if p.requires_grad]
     buffers = {k: v.clone() for k, v in method.state_dict().items() if not any(v is p for p in params)}
-    moments = GradientMoments(sub_batch)
+    world = dist.world_size() if across_ranks else 1
+    moments = GradientMoments(sub_batch * world)
     d_q, p_q, d_k, p_k = stage
     for j, (views, local_views) in enumerate(batches()):
-        gen = rng.generator(seed, rng.Stream.CA_MSE, j)
+        gen = rng.generator(seed, rng.Stream.CA_MSE, j, *((dist.rank(),) if world > 1 else ()))
         method.zero_grad(set_to_none=True)
         setting = token_dropout.QueryKey(token_dropout.SeqCompression(d_q, p_q, gen),
                                          token_dropout.SeqCompression(d_k, p_k, gen))
         loss = method(views, local_views=local_views, compression=setting)["loss"]
         loss.backward()
-        moments.add(flat_grad(params))
+        g = flat_grad(params)
+        moments.add(dist.all_reduce_mean(g) if world > 1 else g)
         method.load_state_dict(buffers, strict=False)
     method.zero_grad(set_to_none=True)
     return moments

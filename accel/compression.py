@@ -260,7 +260,7 @@ class CompressionPlan:
         self.total_steps = len(self.progress)
         self.epochs = -(-self.total_steps // self.steps_per_epoch)
         self.d_q, self.p_q, self.d_k, self.p_k = per_step(self.stages, self.progress)
-        for step, st in self.switches:   # online switches hold from their step on
+        for step, st, _ in self.switches:   # online switches hold from their step on
             self.d_q[step:], self.p_q[step:], self.d_k[step:], self.p_k[step:] = st
 
     def step_units(self, stage):
@@ -290,24 +290,24 @@ class CompressionPlan:
         """Whether online CA-MSE re-estimates before this step."""
         return self.online and step % self.cfg.accel.compression.online_every == 0
 
-    def replan(self, step, stage):
-        """Switch to `stage` from `step` on and re-make the plan: the budget left buys
-        ceil(left / step cost) steps (accel/online_camse.replan_progress). Returns the number
-        of steps that remain."""
+    def replan(self, step, stage, extra_units=0.0):
+        """Switch to `stage` from `step` on and re-make the plan: the budget left after
+        `extra_units` more are spent (the estimate's own passes) buys ceil(left / step cost)
+        steps (accel/online_camse.replan_progress). Returns the number of steps that remain."""
         budget = self.cfg.train.budget
-        spent = float(self.progress[step]) * budget if step < len(self.progress) else budget
+        spent = (float(self.progress[step]) * budget if step < len(self.progress) else budget) + extra_units
         self.progress = replan_progress(self.progress, step, spent, budget, self.step_units(stage))
-        self.switches = [(s, st) for s, st in self.switches if s < step] + [(step, tuple(stage))]
+        self.switches = [sw for sw in self.switches if sw[0] < step] + [(step, tuple(stage), float(extra_units))]
         self._arrays()
         return self.total_steps - step
 
     def state_dict(self):
-        return {"switches": [(int(s), list(st)) for s, st in self.switches]}
+        return {"switches": [(int(s), list(st), float(extra)) for s, st, extra in self.switches]}
 
     def load_state_dict(self, state):
         """Replay the online switches of a checkpoint (resume)."""
-        for step, st in (state or {}).get("switches", []):
-            self.replan(step, (float(st[0]), int(st[1]), float(st[2]), int(st[3])))
+        for step, st, *extra in (state or {}).get("switches", []):
+            self.replan(step, (float(st[0]), int(st[1]), float(st[2]), int(st[3])), extra[0] if extra else 0.0)
 
     def image_cost(self, res, stage, n_views=None, n_local=None):
         n_views = self.n_views if n_views is None else n_views

@@ -20,12 +20,17 @@ now ends at step t + n and the fraction of budget spent before step t' >= t is
 (spent + (t' - t) c) / B; the learning rate (and everything else that follows the budget
 fraction) is re-sampled at those fractions, and the method's per-step arrays (EMA momentum) are
 re-made for the new length (indexed by step, so it bends at a switch). Checkpoints carry the
-switches, and a resumed run replays them. The estimate's own passes are not charged to the budget; they are
-counted apart in `online_units` (sample-cost units: each candidate costs a training step of the
-estimate's images at that setting). Under torchrun each rank estimates on its own shard and the
-grid is averaged over ranks (not tested on several ranks).
+switches, and a resumed run replays them. The estimate's own passes are charged to the budget
+(each candidate costs a training step of the estimate's images at that setting): they count in
+`budget_units`, shorten the re-made plan, and are also shown apart as `online_units`; their FLOPs
+are counted under the ledger's "online" kind. Under torchrun the sub-batches are global: each rank
+computes its share of every sub-batch and the gradients are averaged over ranks before the
+moments (ca_mse.strategy_moments(across_ranks=True)), so the estimate's noise shrinks with the
+world size and every rank picks the same winner; with contiguous rank shards of the global batch
+and sub-batches taken by stride, 2 ranks estimate what 1 rank does (tests/test_vit_compression.py).
 """
-import torch
+import contextlib
+
 from tqdm import tqdm
 
 from accel import ca_mse, compression
@@ -46,26 +51,24 @@ def estimate(method, views, local_views, stages, sub_batch, image_cost, budget, 
     [n_views x [B, C, H, W]] split into sub-batches of `sub_batch` images. The uncompressed
     gradient G is the mean over the same sub-batches. Returns [profile] in the order of
     `stages`, with ca_mse averaged over ranks."""
-    b = views[0].shape[0]
-    k = min(sub_batch, b // 2)
+    b, world = views[0].shape[0], dist.world_size()
+    k = min(max(1, sub_batch // world), b // 2)   # this rank's share of a global sub-batch
     if k < 1:
         raise ValueError(f"online CA-MSE needs at least 2 images per rank, got {b}")
     n_sub = b // k
-    subs = [([v[j * k:(j + 1) * k] for v in views],
-             None if local_views is None else [v[j * k:(j + 1) * k] for v in local_views]) for j in range(n_sub)]
+    # sub-batch j takes every n_sub-th image from j: with the global batch split into contiguous
+    # rank shards of equal size, rank r's share of sub-batch j is its part of the global batch's
+    # sub-batch j, so the gradients averaged over ranks are those of the 1-rank estimate
+    subs = [([v[j::n_sub] for v in views], None if local_views is None else [v[j::n_sub] for v in local_views])
+            for j in range(n_sub)]
     model_patch = getattr(method.backbone, "patch_size", 0)
     full = (0.0, model_patch, 0.0, model_patch)
-    G_m = ca_mse.strategy_moments(method, lambda: iter(subs), full, k, seed)
+    G_m = ca_mse.strategy_moments(method, lambda: iter(subs), full, k, seed, across_ranks=True)
     profiles = []
     for st in stages:
-        m = G_m if st == full else ca_mse.strategy_moments(method, lambda: iter(subs), st, k, seed)
+        m = G_m if st == full else ca_mse.strategy_moments(method, lambda: iter(subs), st, k, seed, across_ranks=True)
         profiles.append(ca_mse.error_profile(G_m, m, image_cost(st), budget))
-    scores = torch.tensor([p["ca_mse"] for p in profiles], dtype=torch.float64)
-    if dist.is_dist():   # every rank picks the same winner
-        scores = dist.all_reduce_mean(scores.to(views[0].device)).cpu()
-    for p, s in zip(profiles, scores.tolist()):
-        p["ca_mse"] = s
-    return profiles
+    return profiles   # the same on every rank: the moments are of the global sub-batches
 
 
 def reestimate(method, plan, views, local_views, step, seed, ledger=None):
@@ -81,15 +84,20 @@ def reestimate(method, plan, views, local_views, step, seed, ledger=None):
     def image_cost(st):
         return plan.image_cost(plan.res, st, n_views, n_local)
 
-    profiles = estimate(method, views, local_views, stages, comp.online_sub_batch, image_cost,
-                        plan.step_units(full), seed * 1_000_003 + step)
+    images = views[0].shape[0]
+    key = ("online", plan.res, n_views, n_local, images, tuple(stages), comp.online_sub_batch)
+    with (ledger.count(key, kind="online") if ledger is not None else contextlib.nullcontext()):
+        profiles = estimate(method, views, local_views, stages, comp.online_sub_batch, image_cost,
+                            plan.step_units(full), seed * 1_000_003 + step)
     best = min(range(len(stages)), key=lambda i: profiles[i]["ca_mse"])
     before = plan.stage(step)
-    remaining = plan.replan(step, stages[best])
-    images = views[0].shape[0]
-    units = images * (image_cost(full) + sum(image_cost(st) for st in stages if st != full))
+    # the estimate's passes, charged to the budget: the uncompressed gradient and every candidate's,
+    # on this step's global batch (sample-cost units, summed over ranks like the steps')
+    units = images * dist.world_size() * (image_cost(full) + sum(image_cost(st) for st in stages if st != full))
+    remaining = plan.replan(step, stages[best], extra_units=units)
     if ledger is not None:
-        ledger.add("online_units", units)
+        ledger.add("online_units", units / dist.world_size())    # per rank, as the ledger's other counts
+        ledger.add("budget_units", units / dist.world_size())
     d_q, p_q, d_k, p_k = stages[best]
     if dist.is_main():
         tqdm.write(f"online CA-MSE at step {step} ({100 * plan.progress[step]:.1f}% of budget): best drop {d_q:g}, "

@@ -525,13 +525,14 @@ def test_online_reestimate_switches_replans_and_resumes(capsys):
     out = online_camse.reestimate(method, plan, views, None, 3, seed=0)
     assert out["switched"] and out["stage"] in [(0.75, 8, 0.0, 8), (0.75, 16, 0.0, 16)]
     assert "online CA-MSE at step 3" in capsys.readouterr().out
-    c = plan.step_units(out["stage"])
-    assert plan.total_steps == 3 + math.ceil((100 - spent) / c - 1e-9) == 3 + out["remaining_steps"]
+    c, extra = plan.step_units(out["stage"]), out["units"]
+    # the estimate's passes: the uncompressed gradient and the two candidates, on 8 images ...
+    assert extra == pytest.approx(8 * sum(plan.image_cost(32, st) for st in
+                                          [(0.0, 8, 0.0, 8), (0.75, 8, 0.0, 8), (0.75, 16, 0.0, 16)]))
+    # ... charged to the budget: the plan re-made from what is left after them
+    assert plan.total_steps == 3 + math.ceil((100 - spent - extra) / c - 1e-9) == 3 + out["remaining_steps"]
     assert plan.stage(2) == (0.5, 8, 0.0, 8) and plan.stage(3) == plan.stage(plan.total_steps - 1) == out["stage"]
-    assert plan.progress[4] == pytest.approx((spent + c) / 100)
-    # the estimate's passes: the uncompressed gradient and the two candidates, on 8 images
-    assert out["units"] == pytest.approx(8 * sum(plan.image_cost(32, st) for st in
-                                                 [(0.0, 8, 0.0, 8), (0.75, 8, 0.0, 8), (0.75, 16, 0.0, 16)]))
+    assert plan.progress[3] == pytest.approx((spent + extra) / 100) and plan.progress[4] == pytest.approx((spent + extra + c) / 100)
     assert full_step > half_step
     again = _plan(over)                                                   # resume: the switch is replayed
     again.load_state_dict(plan.state_dict())
@@ -539,6 +540,23 @@ def test_online_reestimate_switches_replans_and_resumes(capsys):
     assert [again.stage(t) for t in range(again.total_steps)] == [plan.stage(t) for t in range(plan.total_steps)]
     with pytest.raises(ConfigError, match="needs train.budget"):
         _plan(small_overrides("mocov3") + VIT_TINY + ["accel.compression.online=true"])
+
+
+def test_online_estimate_on_two_ranks_is_the_one_rank_estimate_in_float64(tmp_path):
+    """Global sub-batches: each rank computes its share and the gradients are averaged before the
+    moments, so 2 ranks give the 1-rank profiles (float64, global BN), pick the same winner and
+    re-make the same plan, with the estimate charged once for the global batch."""
+    from conftest import REPO
+    one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
+    run(["tests/online_camse_worker.py", REPO, one])
+    run(["tests/online_camse_worker.py", REPO, two], nproc=2)
+    a, b = torch.load(one, weights_only=False), torch.load(two, weights_only=False)
+    for pa, pb in zip(a["profiles"], b["profiles"]):
+        for k in ("bias2", "var", "ca_mse", "grad_norm2"):
+            assert pa[k] == pytest.approx(pb[k], rel=1e-9, abs=1e-12), k
+    assert a["profiles"][1]["bias2_plugin"] > 0 and a["profiles"][0]["bias2"] == 0.0
+    assert a["stage"] == b["stage"] and a["units"] == pytest.approx(b["units"])
+    assert torch.allclose(a["progress"], b["progress"])
 
 
 def test_dino_teacher_temperature_warms_up_over_a_share_of_the_budget():
