@@ -13,6 +13,7 @@ so report.py puts the paper's figures beside ours.
     python benchmarks/wacv_table3_cpu.py     # ~32 min: the README's table measured 2.5-11.8 min per run
                                              # (2-core CPU, one thread per run, other jobs sharing it)
     python report.py runs/cpu/wacv_table3 --out benchmarks/reports/wacv_table3_cpu
+    python benchmarks/wacv_table3_cpu.py --seeds 3 --epochs 6 --control   # seeds, equal lengths, random-pick control
 """
 import argparse
 import os
@@ -28,8 +29,8 @@ ROWS = ["table3_ca", "table3_f1clr", "table3_ca_ha", "table3_f1clr_sp", "table3_
 CIFAR10 = os.path.join(REPO, "..", "shared", "datasets", "cifar10")
 
 
-def overrides(cfg, args, out):
-    epochs = max(1, round(cfg.train.epochs / args.scale))
+def overrides(cfg, args, out, seed=0):
+    epochs = args.epochs or max(1, round(cfg.train.epochs / args.scale))
     if args.data == "cifar10":
         data = ["data.name=imagefolder", f"data.root={CIFAR10}", f"data.subset_per_class={args.per_class}",
                 f"data.val_subset_per_class={max(1, args.per_class // 5)}"]
@@ -42,7 +43,7 @@ def overrides(cfg, args, out):
             f"optim.warmup_epochs={cfg.optim.warmup_epochs * epochs / cfg.train.epochs:.4f}",
             "augment.blur_prob=[0.0]", "accel.progressive.r_min=16", "accel.progressive.step=8",
             "accel.hard_augment.r_sel=16", "knn.k=20", "knn.every_epochs=1", "train.ckpt_every_steps=0",
-            "train.log_every=5", f"train.threads={args.threads}", f"output_dir={out}"]
+            "train.log_every=5", f"train.threads={args.threads}", f"train.seed={seed}", f"output_dir={out}"]
 
 
 def main():
@@ -53,13 +54,24 @@ def main():
     p.add_argument("--scale", type=float, default=80.0, help="divide every length by this")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(REPO, "runs", "cpu", "wacv_table3"))
+    p.add_argument("--seeds", type=int, default=1, help="run every row with train.seed 0..N-1 (report.py: mean +- std)")
+    p.add_argument("--epochs", type=int, default=0, help="the same number of epochs for every row (default: "
+                   "each file's length / --scale, as the paper's rows differ in length)")
+    p.add_argument("--control", action="store_true", help="also the Hard Augment rows with a random pick among "
+                   "the same views (accel.hard_augment.pick=random): hardness, or just more views?")
     args = p.parse_args()
-    for row in ROWS:
-        path = os.path.join(REPO, "yaml", "wacv", f"{row}.yaml")
-        out = os.path.join(args.out, row)
-        cmd = [sys.executable, "train_ssl.py", "--config", path] + overrides(load_config(ssl_defaults(), path), args, out)
-        print(" ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, cwd=REPO, check=True)
+    jobs = [(row, []) for row in ROWS]
+    if args.control:
+        jobs += [(row, ["accel.hard_augment.pick=random"]) for row in ROWS if row.endswith("_ha")]
+    for seed in range(args.seeds):
+        for row, extra in jobs:
+            path = os.path.join(REPO, "yaml", "wacv", f"{row}.yaml")
+            name = row + ("_random_pick" if extra else "")
+            out = os.path.join(args.out, name, f"seed{seed}") if args.seeds > 1 else os.path.join(args.out, name)
+            cmd = [sys.executable, "train_ssl.py", "--config", path] + overrides(
+                load_config(ssl_defaults(), path), args, out, seed) + extra
+            print(" ".join(cmd[1:]), flush=True)
+            subprocess.run(cmd, cwd=REPO, check=True)
 
 
 if __name__ == "__main__":
