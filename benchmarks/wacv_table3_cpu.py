@@ -54,7 +54,8 @@ def main():
     p.add_argument("--scale", type=float, default=80.0, help="divide every length by this")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(REPO, "runs", "cpu", "wacv_table3"))
-    p.add_argument("--seeds", type=int, default=1, help="run every row with train.seed 0..N-1 (report.py: mean +- std)")
+    p.add_argument("--seeds", type=int, default=1, help="run every row with N seeds (report.py: mean +- std)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed+N-1 (split over processes)")
     p.add_argument("--epochs", type=int, default=0, help="the same number of epochs for every row (default: "
                    "each file's length / --scale, as the paper's rows differ in length)")
     p.add_argument("--control", action="store_true", help="also the Hard Augment rows with a random pick among "
@@ -63,11 +64,12 @@ def main():
     jobs = [(row, []) for row in ROWS]
     if args.control:
         jobs += [(row, ["accel.hard_augment.pick=random"]) for row in ROWS if row.endswith("_ha")]
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for row, extra in jobs:
             path = os.path.join(REPO, "yaml", "wacv", f"{row}.yaml")
             name = row + ("_random_pick" if extra else "")
-            out = os.path.join(args.out, name, f"seed{seed}") if args.seeds > 1 else os.path.join(args.out, name)
+            several = args.seeds > 1 or args.first_seed > 0
+            out = os.path.join(args.out, name, f"seed{seed}") if several else os.path.join(args.out, name)
             cmd = [sys.executable, "train_ssl.py", "--config", path] + overrides(
                 load_config(ssl_defaults(), path), args, out, seed) + extra
             print(" ".join(cmd[1:]), flush=True)
