@@ -26,6 +26,7 @@ import sys
 
 import yaml
 
+from common.config import diff_configs
 from common.plot import line_plot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -108,7 +109,7 @@ def read_run(run_dir):
     same["train"] = train
     same["data"] = {k: v for k, v in (same.get("data") or {}).items() if k not in ("workers", "root")}
     return {"dir": run_dir, "file": config_file_of(info), "paper": paper, "value": value, "source": source,
-            "seed": seed, "signature": json.dumps(same, sort_keys=True, default=str),
+            "seed": seed, "signature": json.dumps(same, sort_keys=True, default=str), "config": same,
             "pflops": pflops, "wall_s": (steps[-1]["time"] - rows[0]["time"]) if steps else 0.0,
             "epochs_done": epochs_done, "epochs_planned": cfg.get("train", {}).get("epochs"),
             "status": ("finished" if done else ("not started" if not steps else "partial"))
@@ -205,7 +206,13 @@ def report(run_dirs, out_dir=None):
         lines_of_table = [(rel, paper, run) for rel, paper in rows
                           for run in ([r for r in mine if r["file"] == rel or (r["file"] is None and
                                        r["paper"].get("row") == paper.get("row"))] or [None])]
+        first_of = {}
         for rel, paper, run in lines_of_table:   # one line per run of a row ("-" when none)
+            label = rel
+            if run is not None:   # a second configuration of the same file (a control): say what differs
+                first = first_of.setdefault(rel, run)
+                if first is not run:
+                    label = f"{rel} [{', '.join(c.split(': ')[0] + '=' + c.split(' -> ')[-1] for c in diff_configs(first['config'], run['config']))}]"
             base = None
             if run and paper.get("baseline"):
                 base_rel = os.path.normpath(os.path.join(os.path.dirname(rel), paper["baseline"]))
@@ -217,7 +224,7 @@ def report(run_dirs, out_dir=None):
                 and run["status"].startswith("finished") else None
             flop_x = base["pflops"] / run["pflops"] if base and run and run["pflops"] and base["status"].startswith("finished") \
                 and run["status"].startswith("finished") else None
-            rec = {"table": f"{key[0]} {key[1]}", "row": paper.get("row"), "file": rel, "metric": paper.get("metric"),
+            rec = {"table": f"{key[0]} {key[1]}", "row": paper.get("row"), "file": label, "metric": paper.get("metric"),
                    "paper_value": paper.get("value"), "ours": run["value"] if run else None,
                    "ours_std": run["std"] if run else None, "n_seeds": run["n"] if run else 0,
                    "seeds": run["seeds"] if run else [],
@@ -231,7 +238,7 @@ def report(run_dirs, out_dir=None):
             epochs = f"{rec['epochs_done']:.3g}/{rec['epochs_planned']}" if run else "–"
             ours_text = fmt(rec["ours"], ".2f") if not rec["n_seeds"] or rec["n_seeds"] < 2 else \
                 f"{rec['ours']:.2f} +- {fmt(rec['ours_std'], '.2f')} (n={rec['n_seeds']})"
-            lines.append(f"| {rec['row']} | {rel} | {fmt(rec['metric'])} | {fmt(rec['paper_value'])} | "
+            lines.append(f"| {rec['row']} | {label} | {fmt(rec['metric'])} | {fmt(rec['paper_value'])} | "
                          f"{ours_text} | {fmt(rec['paper_speedup'])} | {fmt(wall_x, '.2f')} | "
                          f"{fmt(flop_x, '.2f')} | {fmt(rec['pflops'], '.4g')} | "
                          f"{fmt(rec['wall_s'] and rec['wall_s'] / 60, '.1f')} min | {epochs} | {fmt(rec['scale'])} | "
