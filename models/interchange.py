@@ -20,29 +20,31 @@ _TO_TIMM = ((".qkv.", ".attn.qkv."), (".proj.", ".attn.proj."), (".mlp.0.", ".ml
 CLASSIFIERS = ("fc.", "head.", "classifier.")
 
 
-def vit_to_timm(state, image_size, patch_size):
+def _renamed(state, to_timm):
+    """This ViT's weight names -> timm's (to_timm) or back."""
+    embed = ("patch_embed.", "patch_embed.proj.")
+    old, new = embed if to_timm else embed[::-1]
+    pairs = _TO_TIMM if to_timm else [(b, a) for a, b in _TO_TIMM]
     out = {}
     for k, v in state.items():
-        if k.startswith("patch_embed."):
-            k = "patch_embed.proj." + k[len("patch_embed."):]
+        if k.startswith(old):
+            k = new + k[len(old):]
         elif k.startswith("blocks."):
-            for a, b in _TO_TIMM:
+            for a, b in pairs:
                 k = k.replace(a, b)
         out[k] = v
+    return out
+
+
+def vit_to_timm(state, image_size, patch_size):
+    out = _renamed(state, to_timm=True)
     dim, n = state["cls_token"].shape[-1], image_size // patch_size
     out["pos_embed"] = torch.cat([torch.zeros(1, 1, dim), sincos_2d(n, n, dim)], 1).to(state["cls_token"].dtype)
     return out
 
 
 def vit_from_timm(state, where):
-    out = {}
-    for k, v in state.items():
-        if k.startswith("patch_embed.proj."):
-            k = "patch_embed." + k[len("patch_embed.proj."):]
-        elif k.startswith("blocks."):
-            for a, b in _TO_TIMM:
-                k = k.replace(b, a)
-        out[k] = v
+    out = _renamed(state, to_timm=False)
     pos = out.pop("pos_embed", None)
     if pos is not None:
         dim, n = pos.shape[-1], int(round((pos.shape[1] - 1) ** 0.5))
