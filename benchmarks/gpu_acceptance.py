@@ -185,6 +185,7 @@ from accel import compression as compression_plan  # noqa: E402
 from common import precision  # noqa: E402
 from common import run as run_module  # noqa: E402
 from common.optim import build_optimizer  # noqa: E402
+from report import read_jsonl  # noqa: E402   (tolerates a line being written)
 from selfsup.build import build_model  # noqa: E402
 
 # dense bf16 peak TFLOP/s by device name (first match wins); None: not in the table, MFU n/a
@@ -544,22 +545,6 @@ def run_inprocess(row, run_dir):
                    + " ".join(argv) + "  (in-process)"}
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading a row's metrics
-
-def read_metrics(run_dir):
-    path = os.path.join(run_dir, "metrics.jsonl")
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-    return rows
-
-
 def analyse(metrics, peak_flops, flops_per_step=None):
     """images/s, MFU and peak memory over the log windows after the first; see the docstring."""
     logs = sorted((m for m in metrics if "images_per_s" in m), key=lambda m: m["step"])
@@ -895,7 +880,7 @@ def main(argv=None):
             if isinstance(fps, str):
                 r["notes"].append(f"MFU n/a: the depth plan failed ({fps.splitlines()[0][:160]})")
                 fps = None
-            a = analyse(read_metrics(run_dir), peak_flops, fps)
+            a = analyse(read_jsonl(os.path.join(run_dir, "metrics.jsonl")), peak_flops, fps)
             status, error = judge(row, res, a, device.type)
             probe = res.get("probe") or {}
             r.update(status=status, error=error, images_per_s=a["images_per_s"], mfu=a["mfu"],
