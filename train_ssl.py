@@ -357,8 +357,11 @@ def main(cfg):
     # train.snapshot_fractions not yet passed (at 0: before the first step)
     fractions = sorted(f for f in cfg.train.snapshot_fractions if f > sched.plan.fraction_done(step) or f == step == 0)
 
+    def snapshot_due(n):
+        return bool(fractions) and sched.plan.fraction_done(n) >= fractions[0] - 1e-12
+
     def snapshots(epoch):
-        while fractions and sched.plan.fraction_done(step) >= fractions[0] - 1e-12:
+        while snapshot_due(step):
             save(epoch, snapshot=f"ckpt_p{round(100 * fractions.pop(0)):03d}.pt")
 
     if step == 0:
@@ -382,7 +385,7 @@ def main(cfg):
             logs = done % cfg.train.log_every == 0 or done >= last
             saves = (done % steps_per_epoch == 0 or done == cfg.train.stop_at_step
                      or (cfg.train.ckpt_every_steps and done % cfg.train.ckpt_every_steps == 0)
-                     or (fractions and sched.plan.fraction_done(done) >= fractions[0] - 1e-12))
+                     or snapshot_due(done))
             # a step that neither logs, saves nor checks reads no device value (train.forbid_sync
             # enforces it after the first step, whose set-up may synchronise)
             quiet = not (logs or saves or stop.due(done) or sched.plan.due(step)) and step > first
