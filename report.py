@@ -109,7 +109,7 @@ def read_run(run_dir):
     same["train"] = train
     same["data"] = {k: v for k, v in (same.get("data") or {}).items() if k not in ("workers", "root")}
     return {"dir": run_dir, "file": config_file_of(info), "paper": paper, "value": value, "source": source,
-            "seed": seed, "signature": json.dumps(same, sort_keys=True, default=str), "config": same,
+            "seed": seed, "config": same,
             "pflops": pflops, "wall_s": (steps[-1]["time"] - rows[0]["time"]) if steps else 0.0,
             "epochs_done": epochs_done, "epochs_planned": cfg.get("train", {}).get("epochs"),
             "status": ("finished" if done else ("not started" if not steps else "partial"))
@@ -131,7 +131,7 @@ def group_seeds(runs):
     `std` the sample standard deviation, `n` and `seeds`; wall time and PFLOPs their means."""
     groups = {}
     for r in runs:
-        groups.setdefault((r["file"], r["signature"]), []).append(r)
+        groups.setdefault((r["file"], json.dumps(r["config"], sort_keys=True, default=str)), []).append(r)
     out = []
     for rs in groups.values():
         if len({r["seed"] for r in rs}) < len(rs):   # the same seed twice (a copy, a re-run): lines of their own
