@@ -550,7 +550,7 @@ def test_online_estimate_on_two_ranks_is_the_one_rank_estimate_in_float64(tmp_pa
     one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
     run(["tests/online_camse_worker.py", REPO, one])
     run(["tests/online_camse_worker.py", REPO, two], nproc=2)
-    a, b = torch.load(one, weights_only=False), torch.load(two, weights_only=False)
+    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
     for pa, pb in zip(a["profiles"], b["profiles"]):
         for k in ("bias2", "var", "ca_mse", "grad_norm2"):
             assert pa[k] == pytest.approx(pb[k], rel=1e-9, abs=1e-12), k
