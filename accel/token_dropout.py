@@ -1,8 +1,8 @@
 """Randomized token dropout and the compression setting of a ViT forward (NeurIPS'24 sec. 4.1, 4.3).
 
-`drop_tokens` keeps, per sample, a random subset of round((1 - d) N) of the N patch tokens; the
-tokens already carry their position embeddings, so the encoder still knows where each kept
-patch was. Prefix tokens (the class token) are always kept. Each sample draws its own subset.
+The mechanics (round((1 - d) N) patch tokens kept per sample, the class token always) live with
+the ViT, models/token_drop.py, and flexible patch embedding's kernel resize in
+models/flexi_patch.py. This file holds the technique's per-step setting.
 
 A compressed forward is an ordinary forward with arguments, as MAE passes `mask_ratio`:
 `vit(x, patch_size=q, drop_ratio=d, generator=g)` (models/vit.py). `SeqCompression` holds those
@@ -17,36 +17,10 @@ dropout for MoCo v3 / DINO: only the online encoder's sequence is compressed, Ta
 without a target (SimCLR, SimSiam, SwAV) use `query` for every view (SimCLR has one encoder,
 so both of its views are compressed alike, sec. 6.4). Local crops are never compressed (sec.
 6.4: the small crops are already short sequences; compressing them further did not help).
-
-This file imports only torch: models/vit.py imports `drop_tokens` from it.
 """
-import math
 from dataclasses import dataclass
 
 import torch
-
-
-def kept_count(n, drop_ratio):
-    """round((1 - d) n) with halves rounded up (1e-9 absorbs float error: (1 - 0.9) 25 = 2.4999...),
-    at least 1 token."""
-    return max(1, int(math.floor((1.0 - drop_ratio) * n + 0.5 + 1e-9)))
-
-
-def drop_tokens(tokens, drop_ratio, generator=None, num_prefix=0):
-    """tokens [B, P + N, D] (P = num_prefix prefix tokens first) -> [B, P + round((1-d) N), D].
-    The kept patch tokens stay in their original order. `generator` (a CPU torch.Generator)
-    makes the choice reproducible."""
-    if not 0.0 <= drop_ratio < 1.0:
-        raise ValueError(f"token drop ratio must be in [0, 1), got {drop_ratio}")
-    b, n_all, d = tokens.shape
-    n = n_all - num_prefix
-    keep = kept_count(n, drop_ratio)
-    if drop_ratio == 0.0 or keep >= n:
-        return tokens
-    scores = torch.rand(b, n, generator=generator)          # CPU draw: same numbers on any device
-    idx = scores.argsort(dim=1)[:, :keep].sort(dim=1).values.to(tokens.device, non_blocking=True)
-    kept = tokens[:, num_prefix:].gather(1, idx[:, :, None].expand(-1, -1, d))
-    return torch.cat([tokens[:, :num_prefix], kept], 1) if num_prefix else kept
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ The forward is split in two so that sequence compression (NeurIPS'24) can act be
 `tokens(x)` embeds patches and adds position embeddings ([B, N, D], any N), `encode(tokens)`
 prepends the class token and runs the blocks, so the encoder accepts any number of tokens.
 
-Sequence compression (NeurIPS'24 sec. 4, accel/token_dropout.py) is a forward argument, as MAE
-passes `mask_ratio`: `forward(x, patch_size, drop_ratio, generator)` embeds patches of size
-`patch_size` with the stored kernel resized by the pseudo-inverse of Eq. 3 (accel/flexi_patch.py),
-then drops a random fraction `drop_ratio` of the patch tokens after the position embeddings are
-added; the class token is prepended afterwards, so it is always kept.
+Sequence compression (NeurIPS'24 sec. 4; the per-step setting in accel/token_dropout.py) is a
+forward argument, as MAE passes `mask_ratio`: `forward(x, patch_size, drop_ratio, generator)`
+embeds patches of size `patch_size` with the stored kernel resized by the pseudo-inverse of Eq. 3
+(models/flexi_patch.py), then drops a random fraction `drop_ratio` of the patch tokens
+(models/token_drop.py) after the position embeddings are added; the class token is prepended
+afterwards, so it is always kept.
 
 Position embeddings follow the image, not the grid index. The fixed sin-cos code is evaluated at
 the centre of each patch, in units of the model's own patch size p: a token of a q x q patch at
@@ -28,9 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from accel.flexi_patch import resize_patch_embed
-from accel.token_dropout import drop_tokens
 from common.config import ConfigError
+from models.flexi_patch import resize_patch_embed
+from models.token_drop import drop_tokens
 
 SIZES = {"vit_t16": (192, 12, 3), "vit_s16": (384, 12, 6), "vit_b16": (768, 12, 12)}  # dim, depth, heads
 

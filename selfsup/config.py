@@ -56,7 +56,7 @@ ACCEL = {
         "pick": "hard",           # hard | easy | random (random is the control)
         "extra_targets": False,   # Table 9: the unselected low-resolution views as extra targets
     },
-    # NeurIPS'24 ViT sequence compression (accel/token_dropout.py, accel/flexi_patch.py,
+    # NeurIPS'24 ViT sequence compression (accel/token_dropout.py, models/flexi_patch.py,
     # accel/compression.py): token dropout d keeps round((1-d) N) patch tokens per sample;
     # patch size q resizes the patch kernel (Eq. 3's pseudo-inverse). The query setting acts on
     # the online encoder, the key setting on a momentum target (MoCo v3, DINO); methods without

@@ -10,7 +10,8 @@ import torch
 
 import selfsup
 from accel import ca_mse, compression, cost, online_camse, token_dropout
-from accel.flexi_patch import resize_patch, resize_patch_embed
+from models.flexi_patch import resize_patch, resize_patch_embed
+from models.token_drop import drop_tokens, kept_count
 from common.config import ConfigError, _to_config
 from conftest import TINY, read_metrics, run
 from models.vit import ViT, sincos_2d
@@ -109,18 +110,18 @@ def _centre_code(y, x, dim=192):
 def test_token_dropout_count_prefix_per_sample_and_seed():
     b, n, d = 6, 49, 4
     tokens = torch.randn(b, 1 + n, d)
-    out = token_dropout.drop_tokens(tokens, 0.75, torch.Generator().manual_seed(3), num_prefix=1)
+    out = drop_tokens(tokens, 0.75, torch.Generator().manual_seed(3), num_prefix=1)
     assert out.shape == (b, 1 + round(0.25 * n), d)                       # round((1 - d) N) = 12
     assert torch.equal(out[:, 0], tokens[:, 0])                          # class token kept
     kept = [{tuple(r.tolist()) for r in out[i, 1:]} for i in range(b)]
     assert all(k <= {tuple(r.tolist()) for r in tokens[i, 1:]} for i, k in enumerate(kept))
     assert len({frozenset(k) for k in kept}) > 1                         # subsets differ between samples
-    again = token_dropout.drop_tokens(tokens, 0.75, torch.Generator().manual_seed(3), num_prefix=1)
-    other = token_dropout.drop_tokens(tokens, 0.75, torch.Generator().manual_seed(4), num_prefix=1)
+    again = drop_tokens(tokens, 0.75, torch.Generator().manual_seed(3), num_prefix=1)
+    other = drop_tokens(tokens, 0.75, torch.Generator().manual_seed(4), num_prefix=1)
     assert torch.equal(out, again) and not torch.equal(out, other)
-    assert token_dropout.kept_count(25, 0.9) == 3 and token_dropout.kept_count(196, 0.75) == 49
+    assert kept_count(25, 0.9) == 3 and kept_count(196, 0.75) == 49
     with pytest.raises(ValueError):
-        token_dropout.drop_tokens(tokens, 1.0)
+        drop_tokens(tokens, 1.0)
 
 
 def test_vit_forward_sequence_length_with_dropout_and_patch_size():
@@ -145,8 +146,8 @@ def test_vit_forward_arguments_equal_tokens_drop_encode_by_hand():
     seen = []
     vit.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
     got = vit(x, patch_size=12, drop_ratio=0.75, generator=torch.Generator().manual_seed(5))
-    t = token_dropout.drop_tokens(vit.tokens(x, 12), 0.75, torch.Generator().manual_seed(5))
-    assert t.shape[1] == token_dropout.kept_count(16, 0.75) == 4                  # round((1 - d) N), N = 16
+    t = drop_tokens(vit.tokens(x, 12), 0.75, torch.Generator().manual_seed(5))
+    assert t.shape[1] == kept_count(16, 0.75) == 4                  # round((1 - d) N), N = 16
     assert seen[0] == 1 + 4
     assert torch.equal(got, vit.encode(t))
     other = vit(x, patch_size=12, drop_ratio=0.75, generator=torch.Generator().manual_seed(6))
