@@ -31,9 +31,7 @@ import json
 import os
 import sys
 
-import torch
-
-from common import run
+from common import checkpoint
 from common.config import ConfigError, InputError
 from models.resnet import ARCHS
 from models.interchange import vit_to_timm
@@ -73,9 +71,9 @@ def export(source, fmt, out=None):
     checkpoint file) in `fmt`; returns OUT."""
     from safetensors.torch import save_file
     path = os.path.join(source, "checkpoint.pt") if os.path.isdir(source) else source
-    state = run.load_checkpoint(path)
+    state = checkpoint.load_checkpoint(path)
     if "backbone" not in state or "config" not in state:
-        raise run.CheckpointError(f"{path} has no backbone to export (not a train_ssl.py checkpoint)")
+        raise checkpoint.CheckpointError(f"{path} has no backbone to export (not a train_ssl.py checkpoint)")
     cfg, model_cfg = state["config"], state["config"]["model"]
     arch, size = model_cfg["arch"], resolution(state["config"])
     if fmt not in ("torchvision", "timm"):

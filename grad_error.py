@@ -22,7 +22,7 @@ import sys
 
 import selfsup
 from accel import ca_mse, compression, cost
-from common import dist, run
+from common import checkpoint, dist, run
 from common.config import ConfigError, load_config
 from common.plot import heatmap
 from data import DataError, build_images, build_train_loader, device_batch
@@ -59,7 +59,7 @@ def fraction_of(state, cfg, steps_per_epoch):
 
 
 def analyse(path, args, device):
-    state = run.load_checkpoint(path)   # weights_only: a checkpoint is data, never code
+    state = checkpoint.load_checkpoint(path)   # weights_only: a checkpoint is data, never code
     cfg = load_config(ssl_defaults(), args.config, args.overrides, base=state["config"])
     method = selfsup.build_method(cfg.method, build_backbone(cfg.model))
     method.load_state_dict(state["model"])

@@ -63,9 +63,9 @@ def parse(argv):
     if interchange.is_external(args.checkpoint):   # torchvision / timm weights: model.* from export.py's
         base = {"model": interchange.exported_model_config(args.checkpoint)}   # config.json, or the overrides
         return args.checkpoint, None, load_config(linear_eval_defaults(), args.config, args.overrides, base=base)
-    state = run.load_checkpoint(args.checkpoint)
+    state = checkpoint.load_checkpoint(args.checkpoint)
     if "backbone" not in state or "config" not in state:
-        raise run.CheckpointError(f"{args.checkpoint} is not a train_ssl.py checkpoint (no backbone or config entry)")
+        raise checkpoint.CheckpointError(f"{args.checkpoint} is not a train_ssl.py checkpoint (no backbone or config entry)")
     cfg = load_config(linear_eval_defaults(), args.config, args.overrides, base=state["config"])
     return args.checkpoint, state, cfg
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from common import dist, host_sync, precision, run
+from common import checkpoint, dist, host_sync, precision, run
 from common import plan as planning
 from common.config import SHARED, ConfigError, parse_cli
 from common.logger import LossWindow, RunLogger, write_run_files
@@ -259,7 +259,7 @@ def main(cfg):
         raise ConfigError(f"{len(train_images)} training images give no step of train.batch_size={cfg.train.batch_size}")
 
     # ---- resume
-    ckpt = run.Checkpointer(cfg.output_dir, rt, cfg)
+    ckpt = checkpoint.Checkpointer(cfg.output_dir, rt, cfg)
     state = ckpt.restore(model=model, optimizer=optimizer, scaler=scaler)
     step, best = state.get("step", 0), state.get("best_delta1", 0.0)
     logger = RunLogger(cfg.output_dir, rt.is_main, resume_step=step)
@@ -294,7 +294,7 @@ def main(cfg):
             loss = train_step(ddp, optimizer, scaler, next(labeled_stream), u, cfg, device, amp_dtype)
             stop_requested, diverged = stop.check(loss, done, force=logs or saves)
         if diverged:
-            raise run.Diverged(diverged, ckpt.path)
+            raise checkpoint.Diverged(diverged, ckpt.path)
         step = done
         window.add(loss)
         news = compiled.report(step)   # a line when this step compiled new graphs

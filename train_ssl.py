@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from accel import compression, cost, hard_augment, online_camse, progressive
-from common import dist, host_sync, precision, rng, run, schedules
+from common import checkpoint, dist, host_sync, precision, rng, run, schedules
 from common import plan as planning
 from common.config import ConfigError, load_config, parse_cli
 from common.flops import FlopLedger
@@ -334,7 +334,7 @@ def main(cfg):
     scaler, ledger = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16), FlopLedger()
 
     # ---- resume
-    ckpt = run.Checkpointer(cfg.output_dir, rt, cfg)
+    ckpt = checkpoint.Checkpointer(cfg.output_dir, rt, cfg)
     state = ckpt.restore(model=model, optimizer=optimizer, scaler=scaler, ledger=ledger)
     sched.resume(state.get("plan"), model)  # online CA-MSE's switches
     step, knn_start = state.get("step", 0), state.get("knn_start")
@@ -394,7 +394,7 @@ def main(cfg):
                 stop_requested, diverged = stop.check(loss, done, force=logs or saves)
             if diverged:
                 bar.close()
-                raise run.Diverged(diverged, ckpt.path)
+                raise checkpoint.Diverged(diverged, ckpt.path)
             step = done
             window.add(loss)
             bar.update(1)

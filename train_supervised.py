@@ -30,7 +30,7 @@ import torch.distributed as tdist
 import torch.nn.functional as F
 
 from accel import minibatch_selection as selection
-from common import dist, host_sync, precision, rng, run, schedules
+from common import checkpoint, dist, host_sync, precision, rng, run, schedules
 from common import plan as planning
 from common.config import SHARED, ConfigError, compose, load_config, parse_cli
 from common.flops import FlopLedger
@@ -329,7 +329,7 @@ def main(cfg):
     buffer = selection.SelectedBuffer()   # Selective-Backprop: selected samples waiting for a full batch
 
     # ---- resume
-    ckpt = run.Checkpointer(cfg.output_dir, rt, cfg)
+    ckpt = checkpoint.Checkpointer(cfg.output_dir, rt, cfg)
     state = ckpt.restore(model=model, optimizer=optimizer, scaler=scaler, ledger=ledger)
     step, best = state.get("step", 0), state.get("best_top1", 0.0)
     restore_selective_backprop(state, sb, buffer, rt, ckpt.path, step, sel.method)
@@ -371,7 +371,7 @@ def main(cfg):
                                       ledger, step, total_steps)
             stop_requested, diverged = stop.check(loss, done, force=logs or saves)
         if diverged:
-            raise run.Diverged(diverged, ckpt.path)
+            raise checkpoint.Diverged(diverged, ckpt.path)
         step = done
         window.add(loss)
         ranked_steps += ranked

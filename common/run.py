@@ -1,15 +1,16 @@
-"""The run skeleton every training script shares: set-up, DDP wrapping, checkpoints with strict
-resume, the cross-rank stop flag, the batch stream and the command-line error wrapper.
+"""The run skeleton every training script shares: set-up, DDP wrapping, compilation, the batch
+stream, the cross-rank stop flag and the command-line error wrapper (checkpoints:
+common/checkpoint.py).
 
     rt = run.setup(cfg.train)                           # device, ranks, threads, seed
     ddp = run.wrap_ddp(model, rt)
-    ckpt = run.Checkpointer(cfg.output_dir, rt, cfg)
+    ckpt = checkpoint.Checkpointer(cfg.output_dir, rt, cfg)   # common/checkpoint.py
     state = ckpt.restore(model=model, optimizer=optimizer)   # {} when starting fresh
     stop = run.StopFlag(rt.device, cfg.train.check_every)   # SIGTERM / SIGINT / SIGUSR1 -> save and exit
     ...
     stop_requested, diverged = stop.check(loss, step, force=saving)   # reads every check_every steps
     if diverged:
-        raise run.Diverged(diverged, ckpt.path)          # exit code EXIT_DIVERGED, nothing saved
+        raise checkpoint.Diverged(diverged, ckpt.path)   # exit code EXIT_DIVERGED, nothing saved
     if stop_requested:
         ckpt.save(step=step, model=model, optimizer=optimizer)
         raise run.Stopped(step, stop.signum)             # exit code EXIT_STOPPED: resume me
@@ -19,20 +20,17 @@ resume, the cross-rank stop flag, the batch stream and the command-line error wr
 """
 import ctypes
 import dataclasses
-import glob
 import multiprocessing
-import os
-import pickle
 import signal
 import sys
-import zipfile
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import checkpoint, dist, host_sync, run_lock
+from common import dist, host_sync, run_lock
+from common.checkpoint import Diverged, os_error_line
 from common.host_sync import HostSyncError
-from common.config import ConfigError, InputError, diff_configs
+from common.config import ConfigError, InputError
 
 # A run stopped early (pre-emption, time limit warning, Ctrl-C) exits with this code, not 0, so a
 # scheduler or requeueing launcher can tell it from a finished run: 75 is EX_TEMPFAIL
@@ -47,19 +45,6 @@ EXIT_HOST_SYNC = 4
 # SIGTERM: scancel, Slurm's time limit and pre-emption, `timeout`; SIGINT: Ctrl-C; SIGUSR1:
 # `sbatch --signal=USR1@90`; SIGUSR2: submitit's time-limit / pre-emption warning (submit.py).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
-
-
-class CheckpointError(InputError):
-    """A checkpoint that cannot be read or does not belong to this run. The message names it."""
-
-
-class Diverged(Exception):
-    """The loss (or the weights about to be saved) became NaN or inf. Nothing was saved after it."""
-
-    def __init__(self, step, checkpoint_path, what="loss"):
-        last = checkpoint_path if os.path.exists(checkpoint_path) else "none written yet"
-        super().__init__(f"non-finite {what} at step {step}: the run diverged; last good checkpoint: {last} "
-                         f"(lower the learning rate, or resume from it with other settings)")
 
 
 class Stopped(Exception):
@@ -214,134 +199,6 @@ def stream(loader, sampler, start_step):
         epoch, skip = epoch + 1, 0
 
 
-class Checkpointer:
-    """output_dir/checkpoint.pt: written atomically by rank 0 (temporary file, fsync, rename),
-    read by every rank on resume. Temporary files of a save that was killed are removed on start.
-    Every checkpoint carries the resolved config and the git commit."""
-
-    def __init__(self, output_dir, rt, cfg):
-        self.dir, self.rt, self.config = output_dir, rt, cfg.to_dict()
-        self.path = os.path.join(output_dir, "checkpoint.pt")
-        self.commit = checkpoint.git_commit()
-        self.allow = str(cfg.train.get("allow_changes") or "")
-        take_lock(output_dir, rt)   # one run per output_dir (common/run_lock.py), before anything is written
-        if rt.is_main:
-            for tmp in glob.glob(os.path.join(glob.escape(output_dir), "*.pt.tmp.*")):
-                os.remove(tmp)  # a save killed mid-write; the previous checkpoint is intact
-
-    def load(self, path=None):
-        return load_checkpoint(path or self.path)
-
-    def restore(self, **objects):
-        """Load checkpoint.pt, if any, into `objects` (anything with load_state_dict, strictly)
-        and restore the RNG states. Returns the checkpoint's dict ({} when starting fresh)."""
-        if not os.path.exists(self.path):
-            return {}
-        state = self.load()
-        changed = diff_configs(state.get("config", {}), self.config)
-        refused, noted = resume_changes(changed, self.allow)
-        if refused:
-            raise CheckpointError(
-                f"{self.dir} holds a run with another config: {'; '.join(refused[:6])}"
-                f"{f' (+{len(refused) - 6} more)' if len(refused) > 6 else ''}. Resume with the saved values, "
-                f"use another output_dir, or allow the change: train.allow_changes="
-                f"{','.join(c.split(':')[0] for c in refused)}")
-        for name, obj in objects.items():
-            if name not in state:
-                raise CheckpointError(f"{self.path} has no '{name}' entry: it was written by another script")
-            try:
-                obj.load_state_dict(state[name])
-            except (RuntimeError, KeyError, ValueError) as e:
-                keys = "; ".join(changed[:6]) or "none of the config keys"
-                raise CheckpointError(
-                    f"{self.dir} holds a different run ({name} does not fit: {str(e).splitlines()[0][:120]}); "
-                    f"changed: {keys}. Use another output_dir to start fresh, or the old config to resume") from None
-        if "rng" in state:
-            checkpoint.set_rng_state(state["rng"])
-        if self.rt.is_main:
-            print(f"resuming from {self.path} at step {state.get('step', 0)}"
-                  + (f"; config changed: {', '.join(noted)}" if noted else ""), flush=True)
-        return state
-
-    def save(self, snapshot=None, **entries):
-        """Write checkpoint.pt (and `snapshot`, a file name in output_dir, when given) on rank 0.
-        Entries with a state_dict() are stored as their state dict."""
-        model = entries.get("model")
-        if model is not None and not all(torch.isfinite(t).all() for t in model.state_dict().values()
-                                         if t.is_floating_point()):
-            # every rank holds the same weights, so every rank raises: never overwrite a good checkpoint
-            raise Diverged(entries.get("step", "?"), self.path, what="weights")
-        if not self.rt.is_main:
-            return
-        state = {k: (v.state_dict() if hasattr(v, "state_dict") else v) for k, v in entries.items()}
-        state.update(rng=checkpoint.rng_state(), config=self.config, git_commit=self.commit,
-                     world_size=self.rt.world)
-        for path in [self.path] + ([os.path.join(self.dir, snapshot)] if snapshot else []):
-            try:
-                checkpoint.save_atomic(state, path)
-            except (OSError, RuntimeError) as e:   # torch reports a failed write as a RuntimeError
-                reason = os_error_line(e) if isinstance(e, OSError) else \
-                    f"the write stopped short: disk full or a file-size limit? torch: {str(e).splitlines()[0][:120]}"
-                raise CheckpointError(f"could not write {path} ({reason}); the previous checkpoint is "
-                                      f"intact: free space or fix the folder, then re-run to resume") from None
-
-
-# Keys that cannot change a run's trajectory (where it logs, saves, checks and evaluates, how many
-# workers and threads serve it, how it is compiled): changed on resume, they pass with a note.
-# Any other change is refused unless train.allow_changes names it (a key, a section, or "all").
-FREE_ON_RESUME = ("output_dir", "paper", "knn.", "eval.", "data.workers", "data.prefetch_factor",
-                  "train.log_every", "train.check_every", "train.forbid_sync", "train.ckpt_every_steps",
-                  "train.snapshot_every_epochs", "train.stop_at_step", "train.threads", "train.compile",
-                  "train.compile_backend", "train.allow_changes", "train.eval_every_epochs")
-
-
-def _matches(key, names):
-    return any(key == n or key.startswith(n if n.endswith(".") else n + ".") for n in names)
-
-
-def resume_changes(changed, allow=""):
-    """Split diff_configs lines ("key: old -> new") into (refused, noted): changes that could
-    move the trajectory and train.allow_changes does not allow, and the rest."""
-    allowed = tuple(a.strip() for a in str(allow).split(",") if a.strip())
-    refused, noted = [], []
-    for line in changed:
-        key = line.split(":")[0]
-        free = _matches(key, FREE_ON_RESUME) or "all" in allowed or _matches(key, allowed)
-        (noted if free else refused).append(line)
-    return refused, noted
-
-
-def take_lock(output_dir, rt):
-    """Rank 0 takes output_dir's run lock; every rank learns whether it did (one all-reduce), so
-    a refused run ends on every rank with the holder's line."""
-    error = None
-    if rt.is_main:
-        try:
-            run_lock.RunLock(output_dir).acquire()
-        except (run_lock.RunLocked, OSError) as e:   # OSError: output_dir a file, not writable, ...
-            error = e
-    refused = dist.all_reduce_max(torch.tensor(float(error is not None), device=rt.device)).item()
-    if error is not None:
-        raise error
-    if refused:
-        raise run_lock.RunLocked(f"rank 0 could not take {output_dir} (its error names why)")
-
-
-def load_checkpoint(path):
-    """torch.load(weights_only=True) with a one-line error naming the file when it is missing,
-    truncated or not a checkpoint (never a fall-back to unsafe unpickling)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = checkpoint.load(path)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}); "
-                              f"it may be truncated or not written by this code") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} is not a readable checkpoint (holds a {type(state).__name__})")
-    return state
-
-
 class StopFlag:
     """SIGTERM (Slurm's scancel and time limit, `timeout`), SIGINT (Ctrl-C), SIGUSR1 (Slurm's
     `--signal=USR1@90` warning) and SIGUSR2 (submitit) ask the run to stop; a non-finite loss
@@ -484,12 +341,6 @@ def _error_line(message):
     _close_progress_bars()
     print(f"error: {message}", file=sys.stderr, flush=True)
     return message
-
-
-def os_error_line(e):
-    """One line for an OSError: what failed, on which file, and the system's reason."""
-    name = f" {e.filename}" if getattr(e, "filename", None) else ""
-    return f"{type(e).__name__}{name}: {e.strerror or e}"
 
 
 def end_loader_workers():

@@ -4,7 +4,7 @@ RegNetX-3.2GF, ViT-S/16)."""
 import torch.nn as nn
 
 from common.config import ConfigError
-from common.run import load_checkpoint
+from common.checkpoint import load_checkpoint
 from models import interchange
 from models.resnet import ARCHS as RESNETS
 from models.resnet import ResNet

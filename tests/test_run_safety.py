@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from common import checkpoint, run_lock
-from common.run import resume_changes
+from common.checkpoint import resume_changes
 from conftest import REPO, STOPPED, TINY, read_metrics, run
 
 LONG = TINY + ["train.epochs=40"]   # 160 steps: long enough to meet a second run
