@@ -273,7 +273,7 @@ class CompressionPlan:
             return []
         return [f"WARNING: accel.compression.schedule={self.cfg.accel.compression.schedule} is ILLUSTRATIVE "
                 "(a placeholder with the paper's shape, not a measured CA-MSE schedule); derive one with "
-                "grad_error.py --schedule-out (README, 'ViT sequence compression')"]
+                "grad_error.py --schedule-out (docs/neurips2024.md)"]
 
     def fraction_done(self, step):
         """Fraction of training (of the budget in budget runs) done after `step` steps."""

@@ -10,7 +10,7 @@ resolutions mapped to 32 px as benchmarks/wacv_efficiency.py does (Super Progres
 96 -> 16 in steps of 8, Hard Augment r_sel 64 -> 16). Each run keeps its file's paper: section,
 so report.py puts the paper's figures beside ours.
 
-    python benchmarks/wacv_table3_cpu.py     # ~32 min: the README's table measured 2.5-11.8 min per run
+    python benchmarks/wacv_table3_cpu.py     # ~32 min: docs/reproducing.md's table measured 2.5-11.8 min per run
                                              # (2-core CPU, one thread per run, other jobs sharing it)
     python report.py runs/cpu/wacv_table3 --out benchmarks/reports/wacv_table3_cpu
     python benchmarks/wacv_table3_cpu.py --seeds 3 --epochs 6 --control   # seeds, equal lengths, random-pick control
