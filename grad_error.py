@@ -21,12 +21,12 @@ import os
 import sys
 
 import selfsup
-from accel import ca_mse, compression, cost
+from accel import ca_mse, compression, cost, hard_augment
 from common import checkpoint, dist, run
 from common.config import ConfigError, load_config
 from common.plot import heatmap
 from data import DataError, build_images, build_train_loader, device_batch
-from data.augment import DeviceAugment
+from data.augment import DeviceAugment, train_resolution
 from models import build_backbone
 from models.vit import ViT
 from selfsup.config import ssl_defaults
@@ -66,7 +66,7 @@ def analyse(path, args, device):
     method.to(device).train()   # gradients as in training: BN with batch statistics
     if not isinstance(method.backbone, ViT):
         raise ConfigError(f"grad_error.py needs a ViT backbone, the checkpoint has model.arch={cfg.model.arch}")
-    res, p0 = cfg.augment.resolution or cfg.data.crop_size, cfg.model.patch_size
+    res, p0 = train_resolution(cfg), cfg.model.patch_size
     drops = [float(x) for x in args.drop_ratios.split(",")]
     patches = [int(x) for x in args.patch_sizes.split(",")] if args.patch_sizes else compression.default_patch_sizes(p0, res)
     bad = [p for p in patches if res % p]
@@ -94,7 +94,7 @@ def analyse(path, args, device):
     if n_sub > len(loader):
         raise DataError(f"--samples {args.samples} needs {n_sub} sub-batches of {k}; the data has {len(loader)}")
     plan_cfg = cfg.accel.compression
-    n_views, L_small = 2 if ha.enabled else cfg.data.num_views, 1 + cost.sequence_length(cfg.data.local_crop_size, p0)
+    n_views, L_small = hard_augment.views_trained(cfg), 1 + cost.sequence_length(cfg.data.local_crop_size, p0)
 
     def image_cost(st):
         return compression.image_cost(res, st, method.encoded_views(n_views, cfg.data.local_views),

@@ -22,12 +22,12 @@ import sys
 import numpy as np
 import torch
 
-from common import dist, run
+from common import dist, run, schedules
 from common.config import parse_cli
 from common.optim import build_optimizer
 from common.plot import line_plot
 from data import build_images, build_train_loader, device_batch
-from data.augment import DeviceAugment
+from data.augment import DeviceAugment, train_resolution
 from models.batchnorm import frozen_bn_statistics
 from selfsup.build import build_model
 from selfsup.config import lr_finder_defaults
@@ -73,8 +73,8 @@ def suggest(lrs, smoothed_val):
 
 
 def base_lr(cfg):
-    """optim.lr as train_ssl.py's schedules use it: x global batch / 256 with optim.lr_scaling=linear."""
-    return cfg.optim.lr * (cfg.train.batch_size / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
+    """optim.lr as train_ssl.py's schedules use it (common/schedules.base_lr)."""
+    return schedules.base_lr(cfg.optim, cfg.train.batch_size)
 
 
 def set_lr(optimizer, lr, fixed_lr):
@@ -106,7 +106,7 @@ def main(cfg):
     train_images, val_images, _ = build_images(cfg.data, cfg.train.seed)
     loader, sampler = build_train_loader(train_images, cfg, local_batch, device)
     augment = DeviceAugment(cfg.augment)
-    resolution = cfg.augment.resolution or cfg.data.crop_size
+    resolution = train_resolution(cfg)
     # the fixed held-out batch: views of the first val_samples validation images, drawn once
     n_val = min(lf.val_samples, len(val_images)) // world
     val_loader, val_sampler = build_train_loader(val_images, cfg, max(1, n_val), device)

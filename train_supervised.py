@@ -37,7 +37,7 @@ from common.flops import FlopLedger
 from common.logger import LossWindow, RunLogger, write_run_files
 from common.optim import build_optimizer
 from data import build_eval_loader, build_images, build_train_loader, device_batch
-from data.augment import DeviceAugment
+from data.augment import DeviceAugment, train_resolution
 from evaluation.knn import topk_accuracy
 from models import ubn
 from models import SIZES as VIT_ARCHS
@@ -98,7 +98,7 @@ def plan(cfg, config_file=None, baseline=True, count_flops=True):
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {n_images} training images")
     total = cfg.train.epochs * steps_per_epoch
-    res, b = cfg.augment.resolution or cfg.data.crop_size, cfg.train.batch_size
+    res, b = train_resolution(cfg), cfg.train.batch_size
     classes = planning.CLASSES.get((cfg.get("paper") or {}).get("dataset"), 10)
 
     def count(r, backward):
@@ -117,6 +117,7 @@ def plan(cfg, config_file=None, baseline=True, count_flops=True):
              (~((t < sel.warmup_steps) | (t >= total - int(round(sel.cooldown_fraction * total))))).astype(int))
     ranked = int(phase.sum())   # selection.uniform_phase over all steps, vectorised
     b_bar = int(math.ceil(sel.large_batch_factor * b))
+    schedules.base_lr(cfg.optim, b)   # optim.lr_scaling checked here as in the run (the stages show lr / base)
     lr, _ = schedules.build_lr_schedule(cfg.optim, total, steps_per_epoch, 1.0)
     out = {"file": config_file, "script": "train_supervised.py", "arch": cfg.model.arch, "select": sel.method,
            "dataset": source, "train_images": n_images, "global_batch": b, "steps_per_epoch": steps_per_epoch,
@@ -152,8 +153,6 @@ def check_config(cfg, rt):
     u_batch = cfg.ubn.unlabeled_batch_size or cfg.train.batch_size
     if cfg.ubn.enabled and u_batch % world:
         raise ConfigError(f"ubn.unlabeled_batch_size={u_batch} is not divisible by the {world} ranks")
-    # train.amp=auto -> bf16 / none, channels_last=auto -> on for convolutional nets under autocast
-    precision.resolve(cfg.train, rt.device, conv=cfg.model.arch not in VIT_ARCHS)
 
 
 class LabeledSubset:
@@ -190,7 +189,7 @@ def selection_losses(model, images, labels, resolution, amp_dtype=None):
         return F.cross_entropy(model(small), labels, reduction="none")
 
 
-def choose_minibatch(model, images, labels, step, total_steps, cfg, rt, ledger):
+def choose_minibatch(model, images, labels, step, total_steps, cfg, rt, ledger, amp_dtype):
     """Indices of the b images (of the local large batch) to train on, and whether they were
     ranked. Uniform phases (select.method=uniform, warm-up, cool-down) take the first b: the large
     batch is already a uniform draw. Otherwise the losses at r-hat pick them (Algorithm 3)."""
@@ -198,14 +197,14 @@ def choose_minibatch(model, images, labels, step, total_steps, cfg, rt, ledger):
     if sel.method == "uniform" or selection.uniform_phase(step, total_steps, sel.warmup_steps, sel.cooldown_fraction):
         return torch.arange(local_b, device=images.device), False
     with ledger.count(("select", sel.resolution, len(images)), kind="selection"):
-        losses = selection_losses(model, images, labels, sel.resolution, precision.AMP_DTYPES[cfg.train.amp])
+        losses = selection_losses(model, images, labels, sel.resolution, amp_dtype)
     g = rng.generator(cfg.train.seed, rng.Stream.MINIBATCH, step, rt.rank)
     if sel.method == "fast":
         return selection.select(losses, local_b, sel.beta, g), True
     return selection.select_greedy(losses, local_b), True
 
 
-def selective_backprop_batch(model, batches, views, step, total_steps, cfg, rt, sb, buffer, ledger):
+def selective_backprop_batch(model, batches, views, step, total_steps, cfg, rt, sb, buffer, ledger, amp_dtype):
     """Selective-Backprop (Jiang et al. 2019): each loader batch's samples are kept with probability
     CDF(loss)^beta and appended to `buffer`; loader batches are consumed until it holds b (this
     rank's share), and the step trains on exactly b of them, the rest carried to the next step.
@@ -219,7 +218,7 @@ def selective_backprop_batch(model, batches, views, step, total_steps, cfg, rt, 
     while len(buffer) < local_b:
         images, labels = views(next(batches))
         with ledger.count(("select", sel.resolution, len(images)), kind="selection"):
-            losses = selection_losses(model, images, labels, sel.resolution, precision.AMP_DTYPES[cfg.train.amp])
+            losses = selection_losses(model, images, labels, sel.resolution, amp_dtype)
         g = rng.generator(cfg.train.seed, rng.Stream.MINIBATCH, buffer.batches, rt.rank)   # per loader batch
         keep = sb.select(losses, g)
         buffer.add(images[keep], labels[keep])
@@ -237,11 +236,11 @@ def set_schedules(optimizer, step, lr_schedule, momentum_schedule):
 
 
 def train_step(cfg, rt, model, ddp, batches, unlabeled, optimizer, scaler, augment, sb, buffer, ledger, step,
-               total_steps):
+               total_steps, amp_dtype):
     """One step on b images chosen from the large batch (Selective-Backprop: from its buffer,
     filled from as many loader batches as it takes); with UBN, BN statistics of {x, u}, then
     forward-backward of x alone. Returns the loss (detached) and whether the batch was ranked."""
-    amp_dtype, res, dev = precision.AMP_DTYPES[cfg.train.amp], cfg.augment.resolution or cfg.data.crop_size, rt.device
+    res, dev = train_resolution(cfg), rt.device
 
     def views(b):   # a loader batch on the device (JPEG decode and crops here with data.decode=device)
         b = device_batch(b, dev)
@@ -249,10 +248,10 @@ def train_step(cfg, rt, model, ddp, batches, unlabeled, optimizer, scaler, augme
 
     if cfg.select.method == "selective_backprop":
         x, y, ranked = selective_backprop_batch(model, batches, views, step, total_steps, cfg, rt, sb,
-                                                buffer, ledger)
+                                                buffer, ledger, amp_dtype)
     else:
         images, labels = views(next(batches))
-        idx, ranked = choose_minibatch(model, images, labels, step, total_steps, cfg, rt, ledger)
+        idx, ranked = choose_minibatch(model, images, labels, step, total_steps, cfg, rt, ledger, amp_dtype)
         x, y = images[idx], labels[idx]
     u = views(unlabeled)[0] if unlabeled is not None else None
     with ledger.count(("train", res, len(y)) + ((len(u),) if u is not None else ())):
@@ -289,7 +288,9 @@ def evaluate(model, loader, augment, device, num_classes, channels_last=False, a
 def main(cfg):
     rt = run.setup(cfg.train)
     check_config(cfg, rt)
-    sel, device, amp_dtype = cfg.select, rt.device, precision.AMP_DTYPES[cfg.train.amp]
+    # train.amp=auto -> bf16 / none, channels_last=auto -> on for convolutional nets under autocast
+    amp_dtype = precision.resolve(cfg.train, rt.device, conv=cfg.model.arch not in VIT_ARCHS)
+    sel, device = cfg.select, rt.device
     local_b = cfg.train.batch_size // rt.world
     local_bbar = local_b if sel.method == "uniform" else int(math.ceil(sel.large_batch_factor * local_b))
     local_u = (cfg.ubn.unlabeled_batch_size or cfg.train.batch_size) // rt.world
@@ -319,7 +320,7 @@ def main(cfg):
     # ---- optimizer and schedules: training length in steps of b images (the loader's are b-bar)
     steps_per_epoch = len(train_images) // cfg.train.batch_size
     total_steps = cfg.train.epochs * steps_per_epoch
-    lr = cfg.optim.lr * (cfg.train.batch_size / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
+    lr = schedules.base_lr(cfg.optim, cfg.train.batch_size)
     optimizer = build_optimizer(cfg.optim.name, [{"params": model.parameters()}], lr, cfg.optim.momentum,
                                 cfg.optim.weight_decay, device=device)
     lr_schedule, momentum_schedule = schedules.build_lr_schedule(cfg.optim, total_steps, steps_per_epoch, lr)
@@ -368,7 +369,7 @@ def main(cfg):
             set_schedules(optimizer, step, lr_schedule, momentum_schedule)
             u_batch = next(unlabeled) if unlabeled is not None else None
             loss, ranked = train_step(cfg, rt, model, ddp, batches, u_batch, optimizer, scaler, augment, sb, buffer,
-                                      ledger, step, total_steps)
+                                      ledger, step, total_steps, amp_dtype)
             stop_requested, diverged = stop.check(loss, done, force=logs or saves)
         if diverged:
             raise checkpoint.Diverged(diverged, ckpt.path)

@@ -21,14 +21,15 @@ follows from it up front: the per-step cost of every stage is known, so walking 
 (the stage is chosen by the fraction of budget spent so far) gives the step at which the budget
 is spent, and the fraction of budget spent before every step (`progress`), which the learning
 rate, warm-up included, follows (sec. 6.1: budgets, not epochs, make strategies comparable).
+That walk and the run length it gives live in common/run_length.py; this file gives the costs.
 """
-import math
-
 import numpy as np
 import yaml
 
-from accel import cost, token_dropout
+from accel import cost, hard_augment, token_dropout
 from common.config import ConfigError
+from common.run_length import RunLength
+from data.augment import train_resolution
 
 KEYS = ("drop_ratio", "patch_size", "key_drop_ratio", "key_patch_size")
 
@@ -128,50 +129,6 @@ def per_step(stage_list, progress):
     return rows[:, 0], rows[:, 1].astype(int), rows[:, 2], rows[:, 3].astype(int)
 
 
-def budget_progress(stage_list, step_units, budget):
-    """Walk the schedule until `budget` units are spent. step_units(stage) -> units of one step
-    (the whole global batch). Returns progress[t] = fraction of budget spent before step t; its
-    length is the number of steps (the last step is the one that reaches the budget)."""
-    if budget <= 0:
-        raise ConfigError(f"train.budget must be positive, got {budget}")
-    costs = [float(step_units(st)) for _, st in stage_list]
-    if min(costs) <= 0:
-        raise ConfigError("train.budget: a compression stage has zero cost per step")
-    starts = [s for s, _ in stage_list[1:]] + [math.inf]
-    # stage by stage (each has a constant cost per step): a step is taken at stage i while the
-    # spent units are below both the stage's end and the budget -- in closed form, not step by step
-    pieces, spent = [], 0.0
-    for cost_i, end in zip(costs, starts):
-        limit = min(end * budget, budget)
-        if spent >= limit:
-            continue
-        n = int(math.ceil((limit - spent) / cost_i))
-        if sum(len(p) for p in pieces) + n > 50_000_000:
-            raise ConfigError(f"train.budget={budget:g} needs more than 5e7 steps; is it in sample-cost units?")
-        pieces.append((spent + cost_i * np.arange(n)) / budget)
-        spent += n * cost_i
-    return np.concatenate(pieces)
-
-
-def replan_progress(progress_before, step, spent, budget, step_cost):
-    """Online re-planning (accel/online_camse.py): progress[t] for t < step unchanged, then
-    (spent + (t - step) c) / budget for the n = ceil((budget - spent) / c) steps the remaining
-    budget buys at c units per step (at least one: the step about to run). The last step is the
-    one that reaches the budget, as in budget_progress."""
-    if step_cost <= 0:
-        raise ConfigError(f"online CA-MSE: a step costs {step_cost} units")
-    n = max(1, math.ceil((budget - spent) / step_cost - 1e-9))
-    tail = (spent + np.arange(n) * step_cost) / budget
-    return np.concatenate([np.asarray(progress_before[:step], dtype=np.float64), tail])
-
-
-def at_progress(schedule, progress):
-    """Re-sample a per-step array built for len(schedule) uniform steps at the fraction of
-    training done (linear interpolation), so it follows the budget spent, not the step count."""
-    n = len(schedule)
-    return np.interp(np.asarray(progress) * n, np.arange(n), np.asarray(schedule, dtype=np.float64))
-
-
 def image_cost(res, stage, encoded, n_local=0, L_small=0.0):
     """Sample-cost units of one image in one step (cost.vit_image_cost) under `stage`, with
     L = sequence_length + 1 (the class token). encoded = (query views, key views) the method
@@ -198,22 +155,24 @@ def candidate_stage(comp_cfg, has_target, d, p):
     return (float(d), int(p), float(comp_cfg.key_drop_ratio), int(comp_cfg.key_patch_size or p))
 
 
-class CompressionPlan:
-    """What train_ssl.py needs per step: the number of steps (epochs or budget), the compression
-    of step t (a token_dropout.QueryKey for the method's forward), its FLOP-ledger key, and its
-    sample-cost units. The backbone is a ViT when it says so (`is_vit`, models/vit.py); whether
-    the method has a momentum target is its `has_target`, and which views it encodes per image
-    its `encoded_views` (selfsup/).
+class CompressionSchedule:
+    """Which compression step t runs, and what it costs: the stage of step t (a
+    token_dropout.QueryKey for the method's forward, `compression`), its FLOP-ledger key, and its
+    sample-cost units. The stage of a step is chosen by how far along the run is
+    (common/run_length.py: the fraction of training, of the budget with train.budget), so the
+    per-step arrays are made for a RunLength (`follow`). The backbone is a ViT when it says so
+    (`is_vit`, models/vit.py); whether the method has a momentum target is its `has_target`, and
+    which views it encodes per image its `encoded_views` (selfsup/).
 
     units(t) = images x cost.vit_image_cost(...) with L = sequence_length(res, q, d) + 1 (the
     class token; Table 1's L's include it) for the query and key of the stage at step t.
 
     `illustrative`: the schedule file says it is a placeholder (`illustrative: true`), not a
     measured CA-MSE schedule; `warnings()` says so for the run's log and the run records it in
-    config.yaml (accel.compression.illustrative). With accel.compression.online the plan can be
-    re-made mid-run (`replan`, accel/online_camse.py); `state_dict` carries those switches."""
+    config.yaml (accel.compression.illustrative). With accel.compression.online the stage can
+    switch mid-run (`switch`, accel/online_camse.py); `state_dict` carries those switches."""
 
-    def __init__(self, cfg, method, steps_per_epoch, global_batch):
+    def __init__(self, cfg, method, global_batch):
         self.cfg = cfg
         self.vit = bool(getattr(method.backbone, "is_vit", False))
         self.has_target = bool(method.has_target)
@@ -224,10 +183,10 @@ class CompressionPlan:
         self.illustrative = bool(comp.schedule) and read_schedule(comp.schedule)[1]
         self.online = bool(comp.online)
         self.active = is_active(self.stages, self.model_patch) or self.online
-        self.res = res = cfg.augment.resolution or cfg.data.crop_size
-        self.n_views = 2 if cfg.accel.hard_augment.enabled else cfg.data.num_views
+        self.res = res = train_resolution(cfg)
+        self.n_views = hard_augment.views_trained(cfg)
         self.n_local = cfg.data.local_views
-        self.global_batch, self.steps_per_epoch = global_batch, steps_per_epoch
+        self.global_batch = global_batch
         self.L_small = (1 + cost.sequence_length(cfg.data.local_crop_size, self.model_patch)) if self.vit else 0.0
         if self.active or cfg.train.budget:
             if not self.vit:
@@ -245,23 +204,26 @@ class CompressionPlan:
         if self.online and (not cfg.train.budget or comp.online_every < 1):
             raise ConfigError("accel.compression.online=true needs train.budget (it re-plans the steps the "
                               f"remaining budget buys) and online_every >= 1 (got {comp.online_every})")
-        if cfg.train.budget:
-            if cfg.accel.progressive.mode != "none":
-                raise ConfigError("train.budget with accel.progressive.mode != none is not supported: the step "
-                                  "count is planned at one resolution")
-            self.progress = budget_progress(self.stages, self.step_units, cfg.train.budget)
-        else:
-            n = cfg.train.epochs * steps_per_epoch
-            self.progress = np.arange(n) / max(n, 1)
+        if cfg.train.budget and cfg.accel.progressive.mode != "none":
+            raise ConfigError("train.budget with accel.progressive.mode != none is not supported: the step "
+                              "count is planned at one resolution")
         self.switches = []
-        self._arrays()
 
-    def _arrays(self):
-        self.total_steps = len(self.progress)
-        self.epochs = -(-self.total_steps // self.steps_per_epoch)
-        self.d_q, self.p_q, self.d_k, self.p_k = per_step(self.stages, self.progress)
+    def run_length(self, steps_per_epoch):
+        """The run's length: train.budget sample-cost units, walked over this schedule's per-step
+        costs, or train.epochs."""
+        if self.cfg.train.budget:
+            costs = [(start, self.step_units(st)) for start, st in self.stages]
+            return RunLength.of_budget(self.cfg.train.budget, steps_per_epoch, costs)
+        return RunLength.of_epochs(self.cfg.train.epochs, steps_per_epoch)
+
+    def follow(self, length):
+        """Make the per-step stages for `length` (its progress picks each step's entry)."""
+        self.length = length
+        self.d_q, self.p_q, self.d_k, self.p_k = per_step(self.stages, length.progress)
         for step, st, _ in self.switches:   # online switches hold from their step on
             self.d_q[step:], self.p_q[step:], self.d_k[step:], self.p_k[step:] = st
+        return self
 
     def step_units(self, stage):
         """Sample-cost units of one step (the whole global batch) under `stage`."""
@@ -275,31 +237,18 @@ class CompressionPlan:
                 "(a placeholder with the paper's shape, not a measured CA-MSE schedule); derive one with "
                 "grad_error.py --schedule-out (docs/neurips2024.md)"]
 
-    def fraction_done(self, step):
-        """Fraction of training (of the budget in budget runs) done after `step` steps."""
-        return float(self.progress[step]) if step < len(self.progress) else 1.0
-
-    def epoch_range(self, first):
-        """Epochs from `first` while the plan (which online CA-MSE may re-make) has any left."""
-        epoch = first
-        while epoch < self.epochs:
-            yield epoch
-            epoch += 1
-
     def due(self, step):
         """Whether online CA-MSE re-estimates before this step."""
         return self.online and step % self.cfg.accel.compression.online_every == 0
 
-    def replan(self, step, stage, extra_units=0.0):
-        """Switch to `stage` from `step` on and re-make the plan: the budget left after
+    def switch(self, step, stage, extra_units=0.0):
+        """Switch to `stage` from `step` on; the run length follows: the budget left after
         `extra_units` more are spent (the estimate's own passes) buys ceil(left / step cost)
-        steps (accel/online_camse.replan_progress). Returns the number of steps that remain."""
-        budget = self.cfg.train.budget
-        spent = (float(self.progress[step]) * budget if step < len(self.progress) else budget) + extra_units
-        self.progress = replan_progress(self.progress, step, spent, budget, self.step_units(stage))
+        steps (RunLength.replan). Returns the number of steps that remain."""
+        self.length.replan(step, extra_units, self.step_units(stage))
         self.switches = [sw for sw in self.switches if sw[0] < step] + [(step, tuple(stage), float(extra_units))]
-        self._arrays()
-        return self.total_steps - step
+        self.follow(self.length)
+        return self.length.total_steps - step
 
     def state_dict(self):
         return {"switches": [(int(s), list(st), float(extra)) for s, st, extra in self.switches]}
@@ -307,7 +256,7 @@ class CompressionPlan:
     def load_state_dict(self, state):
         """Replay the online switches of a checkpoint (resume)."""
         for step, st, *extra in (state or {}).get("switches", []):
-            self.replan(step, (float(st[0]), int(st[1]), float(st[2]), int(st[3])), extra[0] if extra else 0.0)
+            self.switch(step, (float(st[0]), int(st[1]), float(st[2]), int(st[3])), extra[0] if extra else 0.0)
 
     def image_cost(self, res, stage, n_views=None, n_local=None):
         n_views = self.n_views if n_views is None else n_views
@@ -316,13 +265,6 @@ class CompressionPlan:
 
     def stage(self, step):
         return (float(self.d_q[step]), int(self.p_q[step]), float(self.d_k[step]), int(self.p_k[step]))
-
-    def follow(self, schedule):
-        """A per-step array built for total_steps uniform steps, re-indexed by budget fraction
-        (identity without train.budget)."""
-        if schedule is None or not self.cfg.train.budget:
-            return schedule
-        return at_progress(schedule, self.progress)
 
     def key(self, step):
         """Extra FLOP-ledger key: compressed steps are measured apart from full ones."""

@@ -22,6 +22,17 @@ from common.precision import upcast
 from models.batchnorm import frozen_bn_statistics
 
 
+def views_loaded(cfg):
+    """Views per image the loader makes: Hard Augment's n candidates, else data.num_views."""
+    ha = cfg.accel.hard_augment
+    return ha.views if ha.enabled else cfg.data.num_views
+
+
+def views_trained(cfg):
+    """Global views per image the training step encodes: Hard Augment's chosen pair, else all loaded."""
+    return 2 if cfg.accel.hard_augment.enabled else cfg.data.num_views
+
+
 def all_pairs(n):
     return list(itertools.combinations(range(n), 2))
 

@@ -13,8 +13,8 @@ variance against the uncompressed gradient of the same images (accel/ca_mse.py, 
 Budget = one uncompressed training batch, as grad_error.py). Every rank averages the grid over
 ranks before picking, so all ranks switch alike.
 
-The winner holds from this step on (until the next estimate), and the plan is re-made
-(CompressionPlan.replan, arithmetic in compression.replan_progress): the budget left,
+The winner holds from this step on (until the next estimate), and the run length is re-made
+(CompressionSchedule.switch, arithmetic in common/run_length.replan_progress): the budget left,
 B - spent, buys n = ceil((B - spent) / c) more steps at the winner's per-step cost c, so the run
 now ends at step t + n and the fraction of budget spent before step t' >= t is
 (spent + (t' - t) c) / B; the learning rate (and everything else that follows the budget
@@ -22,7 +22,7 @@ fraction) is re-sampled at those fractions, and the method's per-step arrays (EM
 re-made for the new length (indexed by step, so it bends at a switch). Checkpoints carry the
 switches, and a resumed run replays them. The estimate's own passes are charged to the budget
 (each candidate costs a training step of the estimate's images at that setting): they count in
-`budget_units`, shorten the re-made plan, and are also shown apart as `online_units`; their FLOPs
+`budget_units`, shorten the re-made run, and are also shown apart as `online_units`; their FLOPs
 are counted under the ledger's "online" kind. Under torchrun the sub-batches are global: each rank
 computes its share of every sub-batch and the gradients are averaged over ranks before the
 moments (ca_mse.strategy_moments(across_ranks=True)), so the estimate's noise shrinks with the
@@ -71,36 +71,37 @@ def estimate(method, views, local_views, stages, sub_batch, image_cost, budget, 
     return profiles   # the same on every rank: the moments are of the global sub-batches
 
 
-def reestimate(method, plan, views, local_views, step, seed, ledger=None):
-    """Estimate, pick the lowest CA-MSE, switch and re-plan (CompressionPlan.replan). Prints one
-    line on rank 0 and adds the estimate's sample-cost units to ledger's `online_units`.
+def reestimate(method, schedule, views, local_views, step, seed, ledger=None):
+    """Estimate, pick the lowest CA-MSE, switch and re-make the run length
+    (CompressionSchedule.switch). Prints one line on rank 0 and adds the estimate's sample-cost
+    units to ledger's `online_units`.
     Returns {"stage", "ca_mse", "remaining_steps", "switched", "units"}."""
-    comp = plan.cfg.accel.compression
-    stages = [compression.candidate_stage(comp, plan.has_target, d, p)
-              for d, p in candidates(comp, plan.model_patch, plan.res)]
-    full = (0.0, plan.model_patch, 0.0, plan.model_patch)
+    comp = schedule.cfg.accel.compression
+    stages = [compression.candidate_stage(comp, schedule.has_target, d, p)
+              for d, p in candidates(comp, schedule.model_patch, schedule.res)]
+    full = (0.0, schedule.model_patch, 0.0, schedule.model_patch)
     n_views, n_local = len(views), len(local_views or ())
 
     def image_cost(st):
-        return plan.image_cost(plan.res, st, n_views, n_local)
+        return schedule.image_cost(schedule.res, st, n_views, n_local)
 
     images = views[0].shape[0]
-    key = ("online", plan.res, n_views, n_local, images, tuple(stages), comp.online_sub_batch)
+    key = ("online", schedule.res, n_views, n_local, images, tuple(stages), comp.online_sub_batch)
     with (ledger.count(key, kind="online") if ledger is not None else contextlib.nullcontext()):
         profiles = estimate(method, views, local_views, stages, comp.online_sub_batch, image_cost,
-                            plan.step_units(full), seed * 1_000_003 + step)
+                            schedule.step_units(full), seed * 1_000_003 + step)
     best = min(range(len(stages)), key=lambda i: profiles[i]["ca_mse"])
-    before = plan.stage(step)
+    before = schedule.stage(step)
     # the estimate's passes, charged to the budget: the uncompressed gradient and every candidate's,
     # on this step's global batch (sample-cost units, summed over ranks like the steps')
     units = images * dist.world_size() * (image_cost(full) + sum(image_cost(st) for st in stages if st != full))
-    remaining = plan.replan(step, stages[best], extra_units=units)
+    remaining = schedule.switch(step, stages[best], extra_units=units)
     if ledger is not None:
         ledger.add("online_units", units / dist.world_size())    # per rank, as the ledger's other counts
         ledger.add("budget_units", units / dist.world_size())
     d_q, p_q, d_k, p_k = stages[best]
     if dist.is_main():
-        tqdm.write(f"online CA-MSE at step {step} ({100 * plan.progress[step]:.1f}% of budget): best drop {d_q:g}, "
+        tqdm.write(f"online CA-MSE at step {step} ({100 * schedule.length.progress[step]:.1f}% of budget): best drop {d_q:g}, "
               f"patch {p_q} (CA-MSE {profiles[best]['ca_mse']:.4g} of {len(stages)} candidates); "
               + (f"switch from drop {before[0]:g}, patch {before[1]}; " if stages[best] != before else "no switch; ")
               + f"{remaining} steps remain")

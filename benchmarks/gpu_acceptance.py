@@ -181,10 +181,11 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--child":
 import torch  # noqa: E402
 
 sys.path.insert(0, REPO)
-from accel import compression as compression_plan  # noqa: E402
+from accel import compression  # noqa: E402
 from common import precision  # noqa: E402
 from common import run as run_module  # noqa: E402
 from common.optim import build_optimizer  # noqa: E402
+from data.augment import train_resolution  # noqa: E402
 from report import read_jsonl  # noqa: E402   (tolerates a line being written)
 from selfsup.build import build_model  # noqa: E402
 
@@ -637,7 +638,7 @@ def bare_key(cfg):
     t = cfg.train
     return json.dumps({"model": cfg.model, "method": cfg.method, "optim": cfg.optim.name, "amp": t.amp,
                        "cl": t.channels_last, "compile": t.get("compile", False), "backend": t.get("compile_backend"),
-                       "batch": t.batch_size, "res": cfg.augment.resolution or cfg.data.crop_size,
+                       "batch": t.batch_size, "res": train_resolution(cfg),
                        "views": cfg.data.num_views, "local": [cfg.data.local_views, cfg.data.local_crop_size],
                        "compression": cfg.accel.compression}, sort_keys=True, default=str)
 
@@ -656,10 +657,11 @@ def bare_step(cfg, device, warmup, steps, compile_):
     model, _ = build_model(cfg)
     model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
     model.train()
-    b, res = t.batch_size, cfg.augment.resolution or cfg.data.crop_size
+    b, res = t.batch_size, train_resolution(cfg)
     total = warmup + steps + 1
     model.prepare(total, total)
-    plan = compression_plan.CompressionPlan(cfg, model, total, b)
+    comp = compression.CompressionSchedule(cfg, model, b)
+    comp.follow(comp.run_length(total))
     kw = {"device": device} if "device" in inspect.signature(build_optimizer).parameters else {}
     opt = build_optimizer(cfg.optim.name, model.param_groups(), cfg.optim.lr, cfg.optim.momentum,
                           cfg.optim.weight_decay, **kw)
@@ -675,7 +677,7 @@ def bare_step(cfg, device, warmup, steps, compile_):
 
     def step(i):
         model.begin_step(i)
-        seq = plan.compression(i, gen)
+        seq = comp.compression(i, gen)
         with precision.autocast(device, amp):
             loss = forward(views, local_views=local, compression=seq)["loss"]
         opt.zero_grad(set_to_none=True)

@@ -28,7 +28,7 @@ Columns (ms per step, medians over the rounds; rows and their bare loops alterna
   select    Hard Augment's pick (hard_augment.select) / minibatch selection (choose_minibatch), no ledger
   ledger    FlopLedger.count's enter and exit (not its body) and FlopLedger.add
   check     StopFlag.check (stop signal and divergence)
-  log       LossWindow.add / flush, RunLogger.log, step_metrics / flop_metrics, the tqdm bar
+  log       LossWindow.add / flush, RunLogger.log, Schedules.metrics / flop_metrics, the tqdm bar
   in_step   time inside train_step outside every part, minus bare: what the step adds around the
             model's forward/backward/optimizer (device_batch, autocast, method hooks, rng, ...),
             and the model's own work running slower in the loop than in the tight bare loop
@@ -338,6 +338,7 @@ def common_overrides(args, out, defaults):
 def setup_ssl(args, out, total, patcher, captured, hard_augment_on):
     import selfsup
     import train_ssl
+    from data.augment import train_resolution
     overrides = common_overrides(args, out, train_ssl.ssl_defaults()) + [
         "data.name=synthetic", f"data.synthetic_train_size={args.batch * total}", "data.synthetic_val_size=16",
         "data.crop_size=32", "method.name=simsiam", "method.simsiam.proj_dim=8", "method.simsiam.pred_hidden=4",
@@ -351,13 +352,15 @@ def setup_ssl(args, out, total, patcher, captured, hard_augment_on):
         return captured["model"], False
     patcher.set(train_ssl, "build_model", build_model)
     patcher.set(train_ssl, "knn_top1", lambda *a, **k: 0.0)   # kNN runs at start and end, outside the loop
-    patcher.wrap(getattr(train_ssl, "Schedules", None), "apply", "sched")
-    patcher.wrap(train_ssl, "step_metrics", "log")
+    # selfsup/schedules.py since the structure pass; train_ssl.py itself before it
+    schedules = getattr(sys.modules.get("selfsup.schedules"), "Schedules", None) or getattr(train_ssl, "Schedules", None)
+    patcher.wrap(schedules, "apply", "sched")
+    patcher.wrap(schedules, "metrics", "log") or patcher.wrap(train_ssl, "step_metrics", "log")
     tq = getattr(train_ssl, "tqdm", None)
     if isinstance(tq, type):
         patcher.wrap(tq, "update", "log")
         patcher.wrap(tq, "set_postfix", "log")
-    res = cfg.augment.resolution or cfg.data.crop_size
+    res = train_resolution(cfg)
 
     def bare_inputs():
         return {"views": [torch.randn(args.batch, 3, res, res) for _ in range(2)]}
@@ -372,6 +375,7 @@ def setup_ssl(args, out, total, patcher, captured, hard_augment_on):
 
 def setup_supervised(args, out, total, patcher, captured):
     import train_supervised
+    from data.augment import train_resolution
     overrides = common_overrides(args, out, train_supervised.SUPERVISED_DEFAULTS) + [
         "data.name=synthetic", f"data.synthetic_train_size={args.batch * total}", "data.synthetic_val_size=16",
         "data.crop_size=32", "select.method=fast", "select.warmup_steps=0", "select.cooldown_fraction=0",
@@ -388,7 +392,7 @@ def setup_supervised(args, out, total, patcher, captured):
     patcher.wrap(train_supervised, "choose_minibatch", "select")
     patcher.wrap(train_supervised, "selective_backprop_batch", "select")
     patcher.wrap(train_supervised, "flop_metrics", "log")
-    res = cfg.augment.resolution or cfg.data.crop_size
+    res = train_resolution(cfg)
 
     def bare_inputs():
         return {"x": torch.randn(args.batch, 3, res, res),

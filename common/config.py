@@ -87,7 +87,8 @@ SHARED = {
     "optim": {
         "name": "sgd",                # sgd | lars | adamw
         "lr": 0.05,                   # base learning rate; see lr_scaling
-        "lr_scaling": "linear",       # linear: lr x global_batch / 256 (SimSiam, MoCo); none: as given
+        "lr_scaling": "linear",       # linear: lr x global_batch / 256 (SimSiam, MoCo); sqrt: lr x
+                                      # sqrt(global_batch / 256); none: as given (common/schedules.base_lr)
         "momentum": 0.9,
         "weight_decay": 1e-4,
         # None: constant weight decay; a number: cosine from weight_decay to this value over

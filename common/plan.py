@@ -3,7 +3,7 @@
 A plan is a dict: steps, epochs, steps per epoch for the dataset the file's `paper:` section
 names, the per-step schedules summarised as a short table of stages, sample-cost budget units,
 analytical training (and selection) petaFLOPs, and the speed-up against the file's baseline. The
-scripts build it (train_ssl.plan, train_supervised.plan); this module holds what they share:
+scripts build it (selfsup/plan.py, train_supervised.plan); this module holds what they share:
 dataset sizes, FLOP counting on meta tensors (shapes only: ResNet-50 or ViT-B at 224 px in well
 under a second, memoised per shape), the stage table and the printing.
 """

@@ -6,7 +6,8 @@ common/checkpoint.py).
     ddp = run.wrap_ddp(model, rt)
     ckpt = checkpoint.Checkpointer(cfg.output_dir, rt, cfg)   # common/checkpoint.py
     state = ckpt.restore(model=model, optimizer=optimizer)   # {} when starting fresh
-    stop = run.StopFlag(rt.device, cfg.train.check_every)   # SIGTERM / SIGINT / SIGUSR1 -> save and exit
+    logger = run.start(cfg, rt, ckpt, state.get("step", 0), banner)   # run files, metrics.jsonl
+    stop = run.StopFlag(rt.device, cfg.train.check_every)   # any of STOP_SIGNALS -> save and exit
     ...
     stop_requested, diverged = stop.check(loss, step, force=saving)   # reads every check_every steps
     if diverged:
@@ -30,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from common import dist, host_sync, run_lock
 from common.checkpoint import Diverged, os_error_line
 from common.host_sync import HostSyncError
+from common.logger import RunLogger, write_run_files
 from common.config import ConfigError, InputError
 
 # A run stopped early (pre-emption, time limit warning, Ctrl-C) exits with this code, not 0, so a
@@ -181,6 +183,18 @@ def memory_metrics(device):
     if device.type != "cuda":
         return {}
     return {"peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30}
+
+
+def start(cfg, rt, ckpt, step, banner, **info):
+    """The start every training script makes once its state is restored (or fresh, step 0):
+    metrics.jsonl and TensorBoard opened at `step` (a resumed run drops rows past it), the run
+    directory's record written by rank 0 (config.yaml, run_info.json with the git commit, world
+    size and `info`), and the run's banner. Returns the RunLogger."""
+    logger = RunLogger(cfg.output_dir, rt.is_main, resume_step=step)
+    if rt.is_main:
+        write_run_files(cfg.output_dir, cfg, git_commit=ckpt.commit, world_size=rt.world, **info)
+    logger.print(banner)
+    return logger
 
 
 def stream(loader, sampler, start_step):

@@ -1,9 +1,25 @@
 """Per-iteration schedules as precomputed numpy arrays (DINO's habit): the loop reads
 `schedule[step]` for the learning rate, momentum, resolution or magnitude alike.
 Equation numbers are those of the WACV'23 paper (../shared/papers/wacv2023-...txt)."""
+import math
+
 import numpy as np
 
 from common.config import ConfigError
+
+# optim.lr is the learning rate of a global batch of 256; optim.lr_scaling says how it grows with
+# the batch B: linear, lr x B / 256 (Goyal et al. 2017; SimSiam, MoCo, BYOL); sqrt, lr x sqrt(B /
+# 256) (Krizhevsky 2014; SimCLR's small-batch LARS rule 0.075 sqrt(B) is lr = 1.2 here); none: as given.
+LR_SCALING = {"linear": lambda r: r, "sqrt": math.sqrt, "none": lambda r: 1.0}
+
+
+def base_lr(optim_cfg, global_batch):
+    """The peak learning rate of a run of `global_batch` images per step: optim.lr scaled by
+    optim.lr_scaling. Every script that reads optim.lr_scaling resolves it here."""
+    rule = LR_SCALING.get(optim_cfg.lr_scaling)
+    if rule is None:
+        raise ConfigError(f"optim.lr_scaling '{optim_cfg.lr_scaling}' is not one of {', '.join(LR_SCALING)}")
+    return optim_cfg.lr * rule(global_batch / 256)
 
 
 def cosine(total_steps, lr_max, final=0.0):

@@ -6,6 +6,7 @@ import signal
 from torch.utils.data import DataLoader, Subset
 
 from common import dist
+from common.run import STOP_SIGNALS
 from data.decode import collate, device_batch
 from data.folder import CIFAR10Images, DataError, ImageFolderImages, find_val_split
 from data.multiview import EvalDataset, MultiViewDataset
@@ -38,11 +39,11 @@ def build_images(data_cfg, seed=0):
 
 
 def ignore_stop_signals(worker_id=None):
-    """Loader workers leave SIGTERM / SIGINT / SIGUSR1 to the main process. Slurm, `timeout` and
-    Ctrl-C (and submitit, USR2) signal the whole process group; a worker killed by the signal would make the main
-    process die with "DataLoader worker ... is killed" before it could save. The main process
-    ends the workers itself when it exits (common/run.py's StopFlag)."""
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+    """Loader workers leave the stop signals (common/run.py's STOP_SIGNALS) to the main process.
+    Slurm, `timeout`, Ctrl-C and submitit signal the whole process group; a worker killed by the
+    signal would make the main process die with "DataLoader worker ... is killed" before it could
+    save. The main process ends the workers itself when it exits (common/run.py)."""
+    for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
 
 

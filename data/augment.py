@@ -18,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from common.config import ConfigError
+
 STANDARD_MAGNITUDE = 5.0
 # Slots of the per-view random vector (data/multiview.N_RAND entries).
 R_JITTER, R_BRIGHT, R_CONTRAST, R_SAT, R_HUE, R_GRAY, R_BLUR, R_SOLAR = range(8)
@@ -25,6 +27,16 @@ R_JITTER, R_BRIGHT, R_CONTRAST, R_SAT, R_HUE, R_GRAY, R_BLUR, R_SOLAR = range(8)
 _GRAY = torch.tensor([0.299, 0.587, 0.114])
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+
+
+def train_resolution(cfg):
+    """The full training resolution: augment.resolution, or data.crop_size when it is 0. Progressive
+    schedules (accel/progressive.py) run up to it; the loader crops at data.crop_size."""
+    res = cfg.augment.resolution or cfg.data.crop_size
+    if not (isinstance(res, int) and res > 0):
+        raise ConfigError(f"the training resolution (augment.resolution, else data.crop_size) must be a positive "
+                          f"integer, got {res!r}")
+    return res
 
 
 def _on(const, like):

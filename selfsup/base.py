@@ -126,7 +126,7 @@ class SSLMethod(nn.Module):
     budget_schedules = ()
 
     def follow_budget(self, follow):
-        """Re-index `budget_schedules` by `follow` (accel/compression.py CompressionPlan.follow)."""
+        """Re-index `budget_schedules` by `follow` (common/run_length.py RunLength.follow)."""
         for name in self.budget_schedules:
             if getattr(self, name, None) is not None:
                 setattr(self, name, follow(getattr(self, name)))

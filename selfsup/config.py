@@ -4,7 +4,7 @@ the SSL methods' own keys (method.<name>.*, declared in selfsup/<name>.py), the 
 (accel.*), intermediate losses (interloss.*) and the online kNN monitor (knn.*). Each default
 lives here once; YAML files and `key.sub=value` override it.
 """
-from common.config import SHARED, compose
+from common.config import SHARED, ConfigError, compose
 import selfsup
 
 # data: extra views per image for the SSL loader (data/multiview.py)
@@ -147,3 +147,18 @@ def linear_eval_defaults():
     """linear_eval.py and grad_error.py start from a train_ssl.py checkpoint's config: its tree
     plus the probe protocol (eval.*)."""
     return compose(ssl_defaults(), eval=EVAL)
+
+
+def check_ssl_config(cfg):
+    """The checks of a train_ssl.py config that no single module owns (each module checks its own
+    keys where it reads them: optim.lr_scaling in common/schedules.base_lr, accel.compression in
+    accel/compression.py, ...)."""
+    ha = cfg.accel.hard_augment
+    if ha.enabled and (ha.views < 2 or ha.pick not in ("hard", "easy", "random")):
+        raise ConfigError(f"accel.hard_augment needs views >= 2 and pick hard|easy|random; "
+                          f"got views={ha.views}, pick={ha.pick!r}")
+    if cfg.data.crop_size <= 0:
+        raise ConfigError(f"data.crop_size must be positive, got {cfg.data.crop_size}")
+    wd_end = cfg.optim.weight_decay_end
+    if wd_end is not None and (isinstance(wd_end, bool) or not isinstance(wd_end, (int, float))):
+        raise ConfigError(f"optim.weight_decay_end must be a number or null, got {wd_end!r}")

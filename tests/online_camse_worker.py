@@ -1,7 +1,7 @@
 """Run by test_vit_compression.py, once as one process and once under torchrun with 2 gloo ranks:
 online CA-MSE's estimate and re-plan at step 0 for MoCo v3 on a ViT-Tiny, in float64 with
 global-batch BN, on one fixed global batch that the ranks split into contiguous shards. Rank 0
-saves the profiles, the winner and the re-made plan. Usage: online_camse_worker.py REPO OUT.pt"""
+saves the profiles, the winner and the re-made run length. Usage: online_camse_worker.py REPO OUT.pt"""
 import sys
 
 import torch
@@ -27,7 +27,8 @@ cfg = load_config(ssl_defaults(), None, TINY + small_overrides("mocov3") + [
     "accel.compression.online_patch_sizes=[8,16]", "accel.compression.online_sub_batch=4"])
 torch.manual_seed(0)
 method = selfsup.build_method(cfg.method, ViT("vit_t16", patch_size=8))
-plan = compression.CompressionPlan(cfg, method, 4, 16)
+comp = compression.CompressionSchedule(cfg, method, 16)
+comp.follow(comp.run_length(4))
 if w > 1:
     method = convert_sync_bn(method, torch.device("cpu"))
 method = method.double().train()
@@ -35,9 +36,9 @@ g = torch.Generator().manual_seed(1)
 views = [torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64) for _ in range(2)]   # the global batch
 mine = [v[r * 8 // w:(r + 1) * 8 // w] for v in views]
 profiles = online_camse.estimate(method, mine, None, [(0.0, 8, 0.0, 8), (0.0, 16, 0.0, 16)], 4,
-                                 lambda st: plan.image_cost(32, st), plan.step_units((0.0, 8, 0.0, 8)), 0)
-out = online_camse.reestimate(method, plan, mine, None, 0, seed=0)
+                                 lambda st: comp.image_cost(32, st), comp.step_units((0.0, 8, 0.0, 8)), 0)
+out = online_camse.reestimate(method, comp, mine, None, 0, seed=0)
 if r == 0:
     torch.save({"profiles": profiles, "stage": out["stage"], "units": out["units"],
-                "progress": torch.tensor(plan.progress)}, sys.argv[2])
+                "progress": torch.tensor(comp.length.progress)}, sys.argv[2])
 dist.cleanup()

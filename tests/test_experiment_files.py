@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+import selfsup.plan
 from common.config import load_config
 from conftest import REPO
 from selfsup.config import linear_eval_defaults, ssl_defaults
@@ -35,13 +36,12 @@ def script_of(path):
 
 def plan_of(path, cfg, needs):
     """The script's --plan for this file (in-process; FLOPs and the baseline only when checked)."""
-    import train_ssl
     import train_supervised
     script, _ = script_of(path)
     flops = "pflops" in needs or ("speedup" in needs and cfg.paper.get("speedup_kind") == "flops")
     kw = dict(baseline="speedup" in needs, count_flops=flops)
     if script == "train_ssl.py":
-        return train_ssl.plan(cfg, path, **kw)
+        return selfsup.plan.plan(cfg, path, **kw)
     if script == "train_supervised.py":
         return train_supervised.plan(cfg, path, **kw)
     if script == "train_depth_ubn.py":

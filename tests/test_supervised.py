@@ -1,10 +1,12 @@
 """train_supervised.py: Fast Online Minibatch Selection in the loop (thesis ch. 4)."""
 import os
 
+import pytest
 import torch
 
+import lr_finder
 from common import checkpoint
-from conftest import STOPPED, read_metrics, run
+from conftest import STOPPED, TINY, read_metrics, run
 from models.resnet import ResNet
 from models.classifier import Classifier, build_classifier
 from models.vit import ViT
@@ -208,3 +210,21 @@ def test_selective_backprop_steps_on_full_batches_and_its_buffer_survives_a_resu
     assert b["step"] == 16 and b["sb_state"][0]["buffer"]["batches"] == a["sb_state"][0]["buffer"]["batches"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+@pytest.mark.parametrize("rule,factor", [("sqrt", 0.25), ("linear", 1 / 16), ("none", 1.0)])
+def test_lr_scaling_gives_the_same_lr_in_every_script(tmp_path, rule, factor):
+    """optim.lr_scaling resolves once (common/schedules.base_lr): a batch of 16 trains at
+    lr x sqrt(16/256) = lr / 4 under sqrt, lr / 16 under linear, in train_ssl.py, train_supervised.py
+    and lr_finder.py alike (sqrt used to act as none in the latter two and fail in the first)."""
+    args = ["optim.lr=0.4", f"optim.lr_scaling={rule}", "optim.schedule=constant", "optim.warmup_epochs=0",
+            "train.batch_size=16", "train.stop_at_step=1", "train.log_every=1"]
+    lrs = {}
+    for script, base in (("train_ssl.py", TINY), ("train_supervised.py", SUP)):
+        out = str(tmp_path / script)
+        run([script] + base + args + [f"output_dir={out}"])
+        lrs[script] = next(r["lr"] for r in read_metrics(out) if "lr" in r)
+    lrs["lr_finder.py"] = lr_finder.base_lr(lr_finder.parse_config(TINY + args))
+    assert lrs == pytest.approx({s: 0.4 * factor for s in lrs}, rel=1e-12)
+    p = run(["train_supervised.py"] + SUP + ["optim.lr_scaling=cubic", "--plan"], check=False)
+    assert p.returncode == 2 and "optim.lr_scaling 'cubic'" in p.stderr

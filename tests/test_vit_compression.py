@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import selfsup
+import selfsup.plan
 from accel import ca_mse, compression, cost, online_camse, token_dropout
-from models.flexi_patch import resize_patch, resize_patch_embed
-from models.token_drop import drop_tokens, kept_count
+from common import run_length
 from common.config import ConfigError, _to_config
 from conftest import TINY, read_metrics, run
+from models.flexi_patch import resize_patch, resize_patch_embed
+from models.token_drop import drop_tokens, kept_count
 from models.vit import ViT, sincos_2d
 from selfsup import mocov3
 from test_methods import SMALL, small_overrides
@@ -315,7 +317,7 @@ def test_schedule_file_round_trip_and_per_step_arrays(tmp_path):
     d_q, p_q, d_k, p_k = compression.per_step(st, np.arange(8) / 8)
     assert d_q.tolist() == [0.75, 0.75, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0] and p_q.tolist()[:3] == [16, 16, 8]
     # budget: 10 units at 1 unit / step while d = .75 ... the walk stops at the step reaching the budget
-    prog = compression.budget_progress(st, lambda s: {0.75: 1.0, 0.5: 2.0, 0.0: 4.0}[s[0]], 10.0)
+    prog = run_length.budget_progress([(start, {0.75: 1.0, 0.5: 2.0, 0.0: 4.0}[s[0]]) for start, s in st], 10.0)
     assert prog.tolist() == [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]          # 3 cheap, 2 medium, 2 full steps
     with open(path, "w") as f:
         f.write("schedule:\n  - {start: 0.0, drop_ratio: 1.5}\n")
@@ -349,13 +351,12 @@ def test_budget_run_with_a_schedule_stops_when_the_budget_is_spent(tmp_path):
     assert 0.15 * 60 < units[top - 1] < 0.35 * 60
     # --plan says where that warm-up ends (the budget's fraction, not the step count) and that the
     # schedule is a placeholder
-    import train_ssl
     from common import schedules
     from common.config import load_config
     from selfsup.config import ssl_defaults
     pcfg = load_config(ssl_defaults(), None, TINY + small_overrides("mocov3") + VIT_TINY + [
         "train.budget=60", f"accel.compression.schedule={sched}", "optim.schedule=poly", "optim.warmup_fraction=0.25"])
-    planned = train_ssl.plan(pcfg, None, baseline=False, count_flops=False)
+    planned = selfsup.plan.plan(pcfg, None, baseline=False, count_flops=False)
     assert abs(planned["warmup_steps"] - top) <= 1 and "placeholder" in planned["illustrative_schedule"]
     assert schedules.warmup_steps_of(pcfg.optim, planned["steps"], 4) != planned["warmup_steps"]   # the old column
     summary = read_metrics(out)[-1]
@@ -380,34 +381,35 @@ def test_budget_run_with_a_schedule_stops_when_the_budget_is_spent(tmp_path):
     assert any(f.startswith("grad_error_") and f.endswith(".png") for f in os.listdir(out))
 
 
-def _plan(overrides):
+def _compression(overrides):
     from common.config import load_config
     from models import build_backbone
     from selfsup.config import ssl_defaults
     cfg = load_config(ssl_defaults(), None, TINY + overrides)
-    return compression.CompressionPlan(cfg, selfsup.build_method(cfg.method, build_backbone(cfg.model)), 4, 16)
+    comp = compression.CompressionSchedule(cfg, selfsup.build_method(cfg.method, build_backbone(cfg.model)), 16)
+    return comp.follow(comp.run_length(4))   # 4 steps per epoch
 
 
 def test_compression_config_errors():
     with pytest.raises(ConfigError, match="need a ViT backbone"):
-        _plan(["accel.compression.drop_ratio=0.5"])
+        _compression(["accel.compression.drop_ratio=0.5"])
     with pytest.raises(ConfigError, match="no momentum target"):
-        _plan(small_overrides("simclr") + VIT_TINY + ["accel.compression.key_drop_ratio=0.5"])
+        _compression(small_overrides("simclr") + VIT_TINY + ["accel.compression.key_drop_ratio=0.5"])
     with pytest.raises(ConfigError, match="patch_size=12 does not divide"):
-        _plan(small_overrides("simclr") + VIT_TINY + ["accel.compression.patch_size=12"])
-    plan = _plan(small_overrides("simclr") + VIT_TINY)
-    assert not plan.active and plan.key(0) == () and plan.total_steps == 8   # TINY: 2 epochs x 4 steps
-    assert plan.vit and not plan.has_target and plan.compression(0, None) is None
+        _compression(small_overrides("simclr") + VIT_TINY + ["accel.compression.patch_size=12"])
+    comp = _compression(small_overrides("simclr") + VIT_TINY)
+    assert not comp.active and comp.key(0) == () and comp.length.total_steps == 8   # TINY: 2 epochs x 4 steps
+    assert comp.vit and not comp.has_target and comp.compression(0, None) is None
 
 
-def test_compression_plan_gives_the_query_and_key_setting_of_each_step():
+def test_compression_schedule_gives_the_query_and_key_setting_of_each_step():
     gen = torch.Generator()
-    plan = _plan(small_overrides("mocov3") + VIT_TINY + ["accel.compression.drop_ratio=0.5",
+    comp = _compression(small_overrides("mocov3") + VIT_TINY + ["accel.compression.drop_ratio=0.5",
                                                          "accel.compression.patch_size=16"])
-    assert plan.vit and plan.has_target and plan.active
-    assert plan.compression(3, gen) == token_dropout.QueryKey(token_dropout.SeqCompression(0.5, 16, gen),
+    assert comp.vit and comp.has_target and comp.active
+    assert comp.compression(3, gen) == token_dropout.QueryKey(token_dropout.SeqCompression(0.5, 16, gen),
                                                               token_dropout.SeqCompression(0.0, 16, gen))
-    resnet = _plan(small_overrides("byol"))
+    resnet = _compression(small_overrides("byol"))
     assert not resnet.vit and resnet.has_target and resnet.compression(0, gen) is None
     assert not hasattr(compression, "stage_index")
 
@@ -419,11 +421,11 @@ def test_illustrative_marker_is_read_reported_and_checked(tmp_path):
     entries = [(0.0, {"drop_ratio": 0.5, "patch_size": 16}), (0.5, {"drop_ratio": 0.0, "patch_size": 8})]
     compression.save_schedule(path, entries, "placeholder", illustrative=True)
     assert compression.read_schedule(path) == (entries, True) and compression.load_schedule(path) == entries
-    plan = _plan(small_overrides("mocov3") + VIT_TINY + [f"accel.compression.schedule={path}"])
-    assert plan.illustrative and any("ILLUSTRATIVE" in w and path in w for w in plan.warnings())
+    comp = _compression(small_overrides("mocov3") + VIT_TINY + [f"accel.compression.schedule={path}"])
+    assert comp.illustrative and any("ILLUSTRATIVE" in w and path in w for w in comp.warnings())
     compression.save_schedule(path, entries)
-    plan = _plan(small_overrides("mocov3") + VIT_TINY + [f"accel.compression.schedule={path}"])
-    assert not plan.illustrative and plan.warnings() == []
+    comp = _compression(small_overrides("mocov3") + VIT_TINY + [f"accel.compression.schedule={path}"])
+    assert not comp.illustrative and comp.warnings() == []
     with open(path, "a") as f:
         f.write("illustrativ: true\n")
     with pytest.raises(ConfigError, match="unknown top-level key"):
@@ -438,8 +440,8 @@ def test_illustrative_marker_is_read_reported_and_checked(tmp_path):
 
 def test_plan_units_of_nonsymmetric_mocov3_are_table1_and_symmetric_twice():
     over = small_overrides("mocov3") + ["model.arch=vit_t16", "model.patch_size=16", "data.crop_size=240"]
-    asym = _plan(over + ["method.mocov3.symmetric=false"])
-    sym = _plan(over)
+    asym = _compression(over + ["method.mocov3.symmetric=false"])
+    sym = _compression(over)
     for q, row in TABLE1.items():
         for d, expected in zip([0.0, 0.25, 0.5, 0.75, 0.9], row):
             st = (d, q, 0.0, 16)                                          # key full (asymmetric dropout)
@@ -448,7 +450,7 @@ def test_plan_units_of_nonsymmetric_mocov3_are_table1_and_symmetric_twice():
     assert asym.units(0, 240, 10, 2, 0) == pytest.approx(10 * 4.59, abs=0.3)   # uncompressed: 10 x Table 1's 4.59
     # Table 2b (symmetric patch scaling, key = query patch) and SimCLR (two back-propagated views)
     assert asym.image_cost(240, (0.0, 30, 0.0, 30)) == pytest.approx(1.31, abs=0.01)
-    simclr = _plan(small_overrides("simclr") + ["model.arch=vit_t16", "model.patch_size=16", "data.crop_size=224"])
+    simclr = _compression(small_overrides("simclr") + ["model.arch=vit_t16", "model.patch_size=16", "data.crop_size=224"])
     assert simclr.image_cost(224, (0.0, 16, 0.0, 16)) == pytest.approx(6.0)
 
 
@@ -504,11 +506,11 @@ def test_nonsymmetric_mocov3_draws_the_query_view_per_image():
 def test_replan_progress_arithmetic():
     before = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
     # 3 of 10 units spent before step 3, steps now cost 2: ceil(7 / 2) = 4 steps, the last reaches 10
-    assert compression.replan_progress(before, 3, 3.0, 10.0, 2.0).tolist() == pytest.approx([0, .1, .2, .3, .5, .7, .9])
+    assert run_length.replan_progress(before, 3, 3.0, 10.0, 2.0).tolist() == pytest.approx([0, .1, .2, .3, .5, .7, .9])
     # exactly divisible: 6 units left at 2 -> 3 steps
-    assert compression.replan_progress(before, 2, 4.0, 10.0, 2.0).tolist() == pytest.approx([0, .1, .4, .6, .8])
+    assert run_length.replan_progress(before, 2, 4.0, 10.0, 2.0).tolist() == pytest.approx([0, .1, .4, .6, .8])
     # a step costing more than what is left still runs once
-    assert len(compression.replan_progress(before, 1, 9.5, 10.0, 4.0)) == 2
+    assert len(run_length.replan_progress(before, 1, 9.5, 10.0, 4.0)) == 2
 
 
 def test_online_reestimate_switches_replans_and_resumes(capsys):
@@ -516,37 +518,37 @@ def test_online_reestimate_switches_replans_and_resumes(capsys):
         "train.budget=100", "accel.compression.online=true", "accel.compression.online_every=3",
         "accel.compression.drop_ratio=0.5", "accel.compression.online_drop_ratios=[0.75]",
         "accel.compression.online_patch_sizes=[8,16]", "accel.compression.online_sub_batch=4"]
-    plan = _plan(over)
-    full_step, half_step = plan.step_units((0.0, 8, 0.0, 8)), plan.step_units((0.5, 8, 0.0, 8))
-    assert plan.total_steps == math.ceil(100 / half_step) and plan.due(0) and plan.due(3) and not plan.due(1)
+    comp = _compression(over)
+    full_step, half_step = comp.step_units((0.0, 8, 0.0, 8)), comp.step_units((0.5, 8, 0.0, 8))
+    assert comp.length.total_steps == math.ceil(100 / half_step) and comp.due(0) and comp.due(3) and not comp.due(1)
     torch.manual_seed(0)
-    method = selfsup.build_method(plan.cfg.method, ViT("vit_t16", patch_size=8))
+    method = selfsup.build_method(comp.cfg.method, ViT("vit_t16", patch_size=8))
     views = [torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)]
-    spent = float(plan.progress[3]) * 100
-    out = online_camse.reestimate(method, plan, views, None, 3, seed=0)
+    spent = float(comp.length.progress[3]) * 100
+    out = online_camse.reestimate(method, comp, views, None, 3, seed=0)
     assert out["switched"] and out["stage"] in [(0.75, 8, 0.0, 8), (0.75, 16, 0.0, 16)]
     assert "online CA-MSE at step 3" in capsys.readouterr().out
-    c, extra = plan.step_units(out["stage"]), out["units"]
+    c, extra = comp.step_units(out["stage"]), out["units"]
     # the estimate's passes: the uncompressed gradient and the two candidates, on 8 images ...
-    assert extra == pytest.approx(8 * sum(plan.image_cost(32, st) for st in
+    assert extra == pytest.approx(8 * sum(comp.image_cost(32, st) for st in
                                           [(0.0, 8, 0.0, 8), (0.75, 8, 0.0, 8), (0.75, 16, 0.0, 16)]))
-    # ... charged to the budget: the plan re-made from what is left after them
-    assert plan.total_steps == 3 + math.ceil((100 - spent - extra) / c - 1e-9) == 3 + out["remaining_steps"]
-    assert plan.stage(2) == (0.5, 8, 0.0, 8) and plan.stage(3) == plan.stage(plan.total_steps - 1) == out["stage"]
-    assert plan.progress[3] == pytest.approx((spent + extra) / 100) and plan.progress[4] == pytest.approx((spent + extra + c) / 100)
+    # ... charged to the budget: the run length re-made from what is left after them
+    assert comp.length.total_steps == 3 + math.ceil((100 - spent - extra) / c - 1e-9) == 3 + out["remaining_steps"]
+    assert comp.stage(2) == (0.5, 8, 0.0, 8) and comp.stage(3) == comp.stage(comp.length.total_steps - 1) == out["stage"]
+    assert comp.length.progress[3] == pytest.approx((spent + extra) / 100) and comp.length.progress[4] == pytest.approx((spent + extra + c) / 100)
     assert full_step > half_step
-    again = _plan(over)                                                   # resume: the switch is replayed
-    again.load_state_dict(plan.state_dict())
-    assert again.total_steps == plan.total_steps and np.allclose(again.progress, plan.progress)
-    assert [again.stage(t) for t in range(again.total_steps)] == [plan.stage(t) for t in range(plan.total_steps)]
+    again = _compression(over)                                                   # resume: the switch is replayed
+    again.load_state_dict(comp.state_dict())
+    assert again.length.total_steps == comp.length.total_steps and np.allclose(again.length.progress, comp.length.progress)
+    assert [again.stage(t) for t in range(again.length.total_steps)] == [comp.stage(t) for t in range(comp.length.total_steps)]
     with pytest.raises(ConfigError, match="needs train.budget"):
-        _plan(small_overrides("mocov3") + VIT_TINY + ["accel.compression.online=true"])
+        _compression(small_overrides("mocov3") + VIT_TINY + ["accel.compression.online=true"])
 
 
 def test_online_estimate_on_two_ranks_is_the_one_rank_estimate_in_float64(tmp_path):
     """Global sub-batches: each rank computes its share and the gradients are averaged before the
     moments, so 2 ranks give the 1-rank profiles (float64, global BN), pick the same winner and
-    re-make the same plan, with the estimate charged once for the global batch."""
+    re-make the same run length, with the estimate charged once for the global batch."""
     from conftest import REPO
     one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
     run(["tests/online_camse_worker.py", REPO, one])
@@ -570,7 +572,7 @@ def test_dino_teacher_temperature_warms_up_over_a_share_of_the_budget():
     raw = np.asarray(method.teacher_temp).copy()
     assert np.argmax(raw >= 0.07 - 1e-9) == 10
     progress = np.concatenate([np.linspace(0, 0.25, 20, endpoint=False), np.linspace(0.25, 1, 20, endpoint=False)])
-    method.follow_budget(lambda a: compression.at_progress(a, progress))   # 20 cheap steps spend the first quarter
+    method.follow_budget(lambda a: run_length.at_progress(a, progress))   # 20 cheap steps spend the first quarter
     assert np.argmax(np.asarray(method.teacher_temp) >= 0.07 - 1e-9) == 20
     method.prepare(n, spe)
     method.follow_budget(lambda a: a)                                 # no budget: unchanged
