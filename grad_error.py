@@ -24,6 +24,7 @@ import selfsup
 from accel import ca_mse, compression, cost, hard_augment
 from common import checkpoint, dist, run
 from common.config import ConfigError, load_config
+from common.run_length import RunLength
 from common.plot import heatmap
 from data import DataError, build_images, build_train_loader, device_batch
 from data.augment import DeviceAugment, train_resolution
@@ -55,7 +56,7 @@ def fraction_of(state, cfg, steps_per_epoch):
         # the ledger in a checkpoint is rank 0's; every rank spends the same (equal local batches)
         spent = float(state["ledger"]["local"].get("budget_units", 0.0)) * state.get("world_size", 1)
         return min(1.0, spent / cfg.train.budget)
-    return min(1.0, state["step"] / max(cfg.train.epochs * steps_per_epoch, 1))
+    return RunLength.of_epochs(cfg.train.epochs, steps_per_epoch).fraction_done(state["step"])
 
 
 def analyse(path, args, device):

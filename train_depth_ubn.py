@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, Subset
 from common import checkpoint, dist, host_sync, precision, run
 from common import plan as planning
 from common.config import SHARED, ConfigError, parse_cli
-from common.logger import LossWindow, RunLogger, write_run_files
+from common.logger import LossWindow
 from common.optim import implementation as optimizer_impl
+from common.run_length import RunLength
 from data import ignore_stop_signals
 from data.depth import DepthDataset, build_depth_images, labeled_indices
 from data.sampler import EpochSampler
@@ -253,8 +254,8 @@ def main(cfg):
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                  weight_decay=cfg.optim.weight_decay, **optimizer_impl(device))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
-    steps_per_epoch = len(train_images) // cfg.train.batch_size
-    total_steps = cfg.train.epochs * steps_per_epoch
+    length = RunLength.of_epochs(cfg.train.epochs, len(train_images) // cfg.train.batch_size)
+    steps_per_epoch, total_steps = length.steps_per_epoch, length.total_steps
     if total_steps == 0:
         raise ConfigError(f"{len(train_images)} training images give no step of train.batch_size={cfg.train.batch_size}")
 
@@ -262,13 +263,12 @@ def main(cfg):
     ckpt = checkpoint.Checkpointer(cfg.output_dir, rt, cfg)
     state = ckpt.restore(model=model, optimizer=optimizer, scaler=scaler)
     step, best = state.get("step", 0), state.get("best_delta1", 0.0)
-    logger = RunLogger(cfg.output_dir, rt.is_main, resume_step=step)
-    if rt.is_main:
-        write_run_files(cfg.output_dir, cfg, git_commit=ckpt.commit, world_size=rt.world)
-    logger.print(f"DispNet width {cfg.model.width}, {'UBN' if cfg.ubn.enabled else 'BN'} on {train_images.description}: "
-                 f"{len(labeled)} labeled frames (fraction {cfg.data.labeled_fraction:g}); {rt.world} rank(s) x "
-                 f"{local_b} labeled{f' + {local_u} unlabeled' if cfg.ubn.enabled else ''}, {total_steps} steps; "
-                 f"output {cfg.output_dir}")
+    logger = run.start(cfg, rt, ckpt, step,
+                       f"DispNet width {cfg.model.width}, {'UBN' if cfg.ubn.enabled else 'BN'} on "
+                       f"{train_images.description}: {len(labeled)} labeled frames (fraction "
+                       f"{cfg.data.labeled_fraction:g}); {rt.world} rank(s) x {local_b} labeled"
+                       f"{f' + {local_u} unlabeled' if cfg.ubn.enabled else ''}, {total_steps} steps; "
+                       f"output {cfg.output_dir}")
 
     # ---- loop: steps of the labeled stream, which cycles through the labeled frames
     labeled_stream = run.stream(loader, sampler, step)
@@ -334,7 +334,7 @@ def plan(cfg, config_file=None):
     n = cfg.data.synthetic_train_size if cfg.data.name == "synthetic" else planning.dataset_size(cfg)[0]
     steps_per_epoch, b = n // cfg.train.batch_size, cfg.train.batch_size
     u = (cfg.ubn.unlabeled_batch_size or b) if cfg.ubn.enabled else 0
-    total = cfg.train.epochs * steps_per_epoch
+    total = RunLength.of_epochs(cfg.train.epochs, steps_per_epoch).total_steps
     h, w = cfg.data.height, cfg.data.width
 
     def setup(device):

@@ -34,8 +34,9 @@ from common import checkpoint, dist, host_sync, precision, rng, run, schedules
 from common import plan as planning
 from common.config import SHARED, ConfigError, compose, load_config, parse_cli
 from common.flops import FlopLedger
-from common.logger import LossWindow, RunLogger, write_run_files
+from common.logger import LossWindow
 from common.optim import build_optimizer
+from common.run_length import RunLength
 from data import build_eval_loader, build_images, build_train_loader, device_batch
 from data.augment import DeviceAugment, train_resolution
 from evaluation.knn import topk_accuracy
@@ -97,7 +98,7 @@ def plan(cfg, config_file=None, baseline=True, count_flops=True):
     steps_per_epoch = n_images // cfg.train.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {n_images} training images")
-    total = cfg.train.epochs * steps_per_epoch
+    total = RunLength.of_epochs(cfg.train.epochs, steps_per_epoch).total_steps
     res, b = train_resolution(cfg), cfg.train.batch_size
     classes = planning.CLASSES.get((cfg.get("paper") or {}).get("dataset"), 10)
 
@@ -318,8 +319,8 @@ def main(cfg):
     compiled = run.Compiled(model, cfg.train, shapes=3)
 
     # ---- optimizer and schedules: training length in steps of b images (the loader's are b-bar)
-    steps_per_epoch = len(train_images) // cfg.train.batch_size
-    total_steps = cfg.train.epochs * steps_per_epoch
+    length = RunLength.of_epochs(cfg.train.epochs, len(train_images) // cfg.train.batch_size)
+    steps_per_epoch, total_steps = length.steps_per_epoch, length.total_steps
     lr = schedules.base_lr(cfg.optim, cfg.train.batch_size)
     optimizer = build_optimizer(cfg.optim.name, [{"params": model.parameters()}], lr, cfg.optim.momentum,
                                 cfg.optim.weight_decay, device=device)
@@ -334,13 +335,11 @@ def main(cfg):
     state = ckpt.restore(model=model, optimizer=optimizer, scaler=scaler, ledger=ledger)
     step, best = state.get("step", 0), state.get("best_top1", 0.0)
     restore_selective_backprop(state, sb, buffer, rt, ckpt.path, step, sel.method)
-    logger = RunLogger(cfg.output_dir, rt.is_main, resume_step=step)
-    if rt.is_main:
-        write_run_files(cfg.output_dir, cfg, git_commit=ckpt.commit, world_size=rt.world)
-    logger.print(f"{cfg.model.arch}, select.method={sel.method}{', UBN' if cfg.ubn.enabled else ''} on "
-                 f"{labeled_images.description}; {rt.world} rank(s) x {local_b} (large batch {local_bbar}"
-                 f"{f', unlabeled {local_u}' if cfg.ubn.enabled else ''}), {total_steps} steps, lr {lr:g}; "
-                 f"output {cfg.output_dir}")
+    logger = run.start(cfg, rt, ckpt, step,
+                       f"{cfg.model.arch}, select.method={sel.method}{', UBN' if cfg.ubn.enabled else ''} on "
+                       f"{labeled_images.description}; {rt.world} rank(s) x {local_b} (large batch {local_bbar}"
+                       f"{f', unlabeled {local_u}' if cfg.ubn.enabled else ''}), {total_steps} steps, lr {lr:g}; "
+                       f"output {cfg.output_dir}")
 
     def save():   # checkpoint.pt; at the end of every snapshot_every_epochs-th epoch also ckpt_EPOCH.pt
         epoch, every = step // steps_per_epoch, cfg.train.snapshot_every_epochs

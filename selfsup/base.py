@@ -97,11 +97,17 @@ class SSLMethod(nn.Module):
         if pairs is None:
             pairs = list(itertools.combinations(range(len(views)), 2))
         terms = [self.pair_loss(outs[i], outs[j]).mean() for i, j in pairs]
-        terms += [self.pair_loss(out, t).mean() for out in outs for t in (targets or [])]
         if local_views:
             local_outs = self.embed(local_views)  # small crops: never compressed (NeurIPS'24 sec. 6.4)
             terms += [self.pair_loss(out, lo).mean() for out in outs for lo in local_outs]
-        if torch.is_grad_enabled():  # a training forward (not a validation loss)
+        return self.mean_loss(terms, outs, pairs, targets)
+
+    def mean_loss(self, terms, outs, pairs, targets):
+        """The tail every forward shares: Hard Augment's extra targets against every view, the
+        state update (queues, centres) after a training forward only -- not after a validation
+        loss or Hard Augment's selection pass, which run without gradient -- and the mean."""
+        terms = terms + [self.pair_loss(out, t).mean() for out in outs for t in (targets or [])]
+        if torch.is_grad_enabled():
             self.update_state(outs, pairs)
         return {"loss": torch.stack(terms).mean()}
 

@@ -143,11 +143,7 @@ class DINO(SSLMethod):
         local_students = [self.student(v) for v in local_views or []]
         students = [s for s, _ in outs] + local_students
         ordered = ordered_pairs(len(outs), len(students), pairs)
-        terms = [self.h(outs[i][1], students[v]).mean() for i, v in ordered]
-        terms += [self.pair_loss(o, t).mean() for o in outs for t in (targets or [])]
-        if torch.is_grad_enabled():  # a training forward (not a validation loss)
-            self.update_state(outs, pairs)
-        return {"loss": torch.stack(terms).mean()}
+        return self.mean_loss([self.h(outs[i][1], students[v]).mean() for i, v in ordered], outs, pairs, targets)
 
     @torch.no_grad()
     def update_state(self, outs, pairs):

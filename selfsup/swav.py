@@ -128,10 +128,7 @@ class SwAV(SSLMethod):
         ordered = ordered_pairs(len(outs), len(scores), pairs)
         q = {i: self.codes(i, outs[i][1], use_queue) for i in sorted({i for i, _ in ordered})}
         terms = [swapped_prediction(q[i], scores[v], c.temperature).mean() for i, v in ordered]
-        terms += [self.pair_loss(o, t).mean() for o in outs for t in (targets or [])]
-        if torch.is_grad_enabled():  # a training forward (not a validation loss)
-            self.update_state(outs, pairs)
-        return {"loss": torch.stack(terms).mean()}
+        return self.mean_loss(terms, outs, pairs, targets)
 
     @torch.no_grad()
     def update_state(self, outs, pairs):

@@ -21,8 +21,9 @@ from selfsup.mocov3 import contrastive
 from selfsup.simclr import nt_xent
 from selfsup.swav import sinkhorn, swapped_prediction
 
-METHODS = ["simsiam", "simclr", "byol", "moco", "mocov2", "mocov2plus", "mocov3", "dino", "swav"]
-# Small heads for CPU tests, as `method.<name>.<key>` overrides (also used by test_training.py).
+METHODS = list(selfsup.METHODS)   # the registry: a new method is tested by every test that iterates over these
+# Small heads for CPU tests, as `method.<name>.<key>` overrides (also used by test_training.py);
+# a registered method without an entry here fails test_every_registered_method_has_small_test_heads.
 SMALL = {
     "simsiam": {"proj_dim": 32, "pred_hidden": 16},
     "simclr": {"proj_hidden": 32, "proj_dim": 16},
@@ -36,14 +37,18 @@ SMALL = {
 }
 
 
+def test_every_registered_method_has_small_test_heads():
+    assert set(SMALL) == set(METHODS), f"add small heads for {sorted(set(METHODS) - set(SMALL))} to SMALL"
+
+
 def small_overrides(name):
-    return [f"method.name={name}"] + [f"method.{name}.{k}={v}" for k, v in SMALL[name].items()]
+    return [f"method.name={name}"] + [f"method.{name}.{k}={v}" for k, v in SMALL.get(name, {}).items()]
 
 
 def build(name, backbone=None, **extra):
     cfg = _to_config(selfsup.method_defaults())
     cfg.name = name
-    cfg[name].update(SMALL[name], **extra)
+    cfg[name].update(SMALL.get(name, {}), **extra)
     return selfsup.build_method(cfg, backbone or ResNet("resnet18", width=8, cifar_stem=True))
 
 

@@ -170,7 +170,10 @@ def test_spiral_study_runs_and_writes_its_outputs(tmp_path):
              "--grid", "30", "--mc", "3", "--out", out])
     res = json.load(open(os.path.join(out, "results.json")))
     assert set(res["accuracy"]) == {"bn", "ubn", "ubn_grad"} and len(res["accuracy"]["ubn"]) == 2
-    assert all(0 <= a <= 100 for a in res["accuracy"]["bn"] + res["accuracy"]["ubn"])
+    for m, accs in res["accuracy"].items():   # on the 2 x 2000 test points: multiples of 0.025 %
+        assert all(abs(a * 40 - round(a * 40)) < 1e-6 for a in accs)
+        assert res["mean_accuracy"][m] == pytest.approx(np.mean(accs))
+        assert f" {m} {accs[0]:.1f}%" in next(line for line in p.stdout.splitlines() if line.startswith("seed 0:"))
     rows = res["table_2_1"]["ubn"]
     assert len(rows) == 4 and {"pearson", "kl", "reverse_kl", "wasserstein", "unsup_wasserstein", "ks_reject"} <= set(rows[0])
     for f in ("boundary_bn_seed0.png", "boundary_ubn_seed0.png", "uncertainty_ubn_seed0.png"):
