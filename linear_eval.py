@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from common import checkpoint, dist, run, schedules
 from common.config import ConfigError, load_config
 from common.optim import build_optimizer
+from common.run_length import RunLength
 from data import build_eval_loader, build_images, device_batch, loader_kwargs
 from data.augment import DeviceAugment
 from data.decode import collate
@@ -109,7 +110,7 @@ def main(ckpt_path, state, cfg):
     steps_per_epoch = max(1, n_train // ev.batch_size)
     if n_train < ev.batch_size:
         raise ConfigError(f"eval.batch_size={ev.batch_size} exceeds the {n_train} training images")
-    total = ev.epochs * steps_per_epoch
+    total = RunLength.of_epochs(ev.epochs, steps_per_epoch).total_steps
     lr = ev.lr * ev.batch_size / 256
     opt = build_optimizer(ev.optimizer, [{"params": head.parameters()}], lr, ev.momentum, ev.weight_decay,
                           device=device)
