@@ -74,7 +74,7 @@ ACCEL = {
         # online CA-MSE (accel/online_camse.py; needs train.budget): every online_every steps,
         # estimate CA-MSE of online_drop_ratios x online_patch_sizes (empty: grad_error.py's
         # default sizes) on that step's batch in sub-batches of online_sub_batch images, switch to
-        # the best and re-plan the steps the remaining budget buys
+        # the best and re-make the steps the remaining budget buys (common/run_length.py)
         "online": False,
         "online_every": 100,
         "online_drop_ratios": [0.0, 0.25, 0.5, 0.75, 0.9],
