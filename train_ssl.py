@@ -161,9 +161,8 @@ def main(cfg):
     while step < length.total_steps:
         done = step + 1
         logs = done % cfg.train.log_every == 0 or done >= length.total_steps
-        ends_epoch = done % steps_per_epoch == 0 or done >= length.total_steps
-        saves = (ends_epoch or done == cfg.train.stop_at_step or snapshot_due(done)
-                 or (cfg.train.ckpt_every_steps and done % cfg.train.ckpt_every_steps == 0))
+        saves = (done % steps_per_epoch == 0 or done >= length.total_steps or done == cfg.train.stop_at_step
+                 or snapshot_due(done) or (cfg.train.ckpt_every_steps and done % cfg.train.ckpt_every_steps == 0))
         # a step that neither logs, saves nor checks reads no device value (train.forbid_sync
         # enforces it after the first step, whose set-up may synchronise)
         quiet = not (logs or saves or stop.due(done) or sched.compression.due(step)) and step > first
@@ -186,17 +185,15 @@ def main(cfg):
                         **sched.metrics(cfg, model, optimizer, ledger, step), **run.memory_metrics(device),
                         **compiled.metrics()}, step)
             bar.set_postfix(loss=f"{mean_loss:.4f}", ips=f"{ips:.0f}")
-        epoch = step // steps_per_epoch
-        if (cfg.knn.every_epochs and step % steps_per_epoch == 0 and epoch % cfg.knn.every_epochs == 0
-                and step < length.total_steps):
+        ends_epoch = step % steps_per_epoch == 0 or step >= length.total_steps   # (the last may be partial)
+        epoch = -(-step // steps_per_epoch)   # epochs begun
+        if cfg.knn.every_epochs and ends_epoch and epoch % cfg.knn.every_epochs == 0 and step < length.total_steps:
             logger.log({"epoch": float(epoch), "knn_top1": knn()}, step)
-        every = cfg.train.snapshot_every_epochs
         if (ends_epoch or step == cfg.train.stop_at_step or stop_requested
                 or (cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0)):
             # at the end of every snapshot_every_epochs-th epoch, ckpt_EPOCH.pt beside checkpoint.pt
-            last_epoch = -(-step // steps_per_epoch)
-            snap = every and ends_epoch and last_epoch % every == 0
-            save(snapshot=f"ckpt_{last_epoch:04d}.pt" if snap else None)
+            every = cfg.train.snapshot_every_epochs
+            save(snapshot=f"ckpt_{epoch:04d}.pt" if every and ends_epoch and epoch % every == 0 else None)
         snapshots()
         if step == cfg.train.stop_at_step or stop_requested:
             bar.close()

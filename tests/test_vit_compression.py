@@ -545,6 +545,31 @@ def test_online_reestimate_switches_replans_and_resumes(capsys):
         _compression(small_overrides("mocov3") + VIT_TINY + ["accel.compression.online=true"])
 
 
+def test_online_budget_run_ends_at_its_remade_length_and_resumes_exactly(tmp_path):
+    """train_ssl.py with online CA-MSE: each estimate may re-make the run length mid-run; the run
+    saves and ends at the last step of the re-made length, and a run stopped after a switch and
+    resumed replays the switches and ends with the uninterrupted run's weights."""
+    from common import checkpoint
+    args = TINY + small_overrides("mocov3") + VIT_TINY + [
+        "train.budget=60", "accel.compression.online=true", "accel.compression.online_every=2",
+        "accel.compression.drop_ratio=0.5", "accel.compression.online_drop_ratios=[0.0,0.75]",
+        "accel.compression.online_patch_sizes=[8]", "accel.compression.online_sub_batch=8"]
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    p = run(["train_ssl.py"] + args + [f"output_dir={full}"])
+    assert "online CA-MSE at step 0" in p.stdout and "online CA-MSE at step 2" in p.stdout
+    rows = [r for r in read_metrics(full) if "loss" in r]
+    a = checkpoint.load(os.path.join(full, "checkpoint.pt"))
+    assert a["compression"]["switches"] and a["step"] == rows[-1]["step"] == len(rows)
+    assert rows[-1]["budget_units"] >= 60 > rows[-2]["budget_units"]      # the last step reaches the budget
+    run(["train_ssl.py"] + args + [f"output_dir={cut}", "train.stop_at_step=3"])
+    second = run(["train_ssl.py"] + args + [f"output_dir={cut}"])
+    assert "resuming from" in second.stdout
+    b = checkpoint.load(os.path.join(cut, "checkpoint.pt"))
+    assert b["step"] == a["step"] and b["compression"] == a["compression"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
 def test_online_estimate_on_two_ranks_is_the_one_rank_estimate_in_float64(tmp_path):
     """Global sub-batches: each rank computes its share and the gradients are averaged before the
     moments, so 2 ranks give the 1-rank profiles (float64, global BN), pick the same winner and
