@@ -26,7 +26,6 @@ import sys
 
 import numpy as np
 import torch
-import torch.distributed as tdist
 import torch.nn.functional as F
 
 from accel import minibatch_selection as selection
@@ -37,7 +36,7 @@ from common.flops import FlopLedger
 from common.logger import LossWindow
 from common.optim import build_optimizer
 from common.run_length import RunLength
-from data import build_eval_loader, build_images, build_train_loader, device_batch
+from data import LabeledSubset, build_eval_loader, build_images, build_train_loader, device_batch
 from data.augment import DeviceAugment, train_resolution
 from evaluation.knn import topk_accuracy
 from models import ubn
@@ -154,31 +153,6 @@ def check_config(cfg, rt):
     u_batch = cfg.ubn.unlabeled_batch_size or cfg.train.batch_size
     if cfg.ubn.enabled and u_batch % world:
         raise ConfigError(f"ubn.unlabeled_batch_size={u_batch} is not divisible by the {world} ranks")
-
-
-class LabeledSubset:
-    """The first `per_class` images of each class of `images` (same `load` / `read` interface)."""
-
-    def __init__(self, images, per_class):
-        count, self.idx = {}, []
-        for i, t in enumerate(images.targets):
-            if count.get(t, 0) < per_class:
-                self.idx.append(i)
-                count[t] = count.get(t, 0) + 1
-        self.images, self.targets = images, [images.targets[i] for i in self.idx]
-        self.description = f"{len(self.idx)} labeled of {images.description}"
-
-    def __len__(self):
-        return len(self.idx)
-
-    def load(self, i):
-        return self.images.load(self.idx[i])
-
-    @property
-    def read(self):   # the JPEG bytes (data/multiview.py), where `images` are files
-        if not hasattr(self.images, "read"):
-            raise AttributeError("read")
-        return lambda i: self.images.read(self.idx[i])
 
 
 @torch.no_grad()
@@ -334,7 +308,9 @@ def main(cfg):
     ckpt = checkpoint.Checkpointer(cfg.output_dir, rt, cfg)
     state = ckpt.restore(model=model, optimizer=optimizer, scaler=scaler, ledger=ledger)
     step, best = state.get("step", 0), state.get("best_top1", 0.0)
-    restore_selective_backprop(state, sb, buffer, rt, ckpt.path, step, sel.method)
+    if sel.method == "selective_backprop":   # per rank: loss history, selected samples, batches consumed
+        selection.restore_selective_backprop(state.get("sb_state"), sb, buffer, rt.rank, rt.world, ckpt.path,
+                                             step, rt.device)
     logger = run.start(cfg, rt, ckpt, step,
                        f"{cfg.model.arch}, select.method={sel.method}{', UBN' if cfg.ubn.enabled else ''} on "
                        f"{labeled_images.description}; {rt.world} rank(s) x {local_b} (large batch {local_bbar}"
@@ -344,7 +320,8 @@ def main(cfg):
     def save():   # checkpoint.pt; at the end of every snapshot_every_epochs-th epoch also ckpt_EPOCH.pt
         epoch, every = step // steps_per_epoch, cfg.train.snapshot_every_epochs
         snapshot = every and step % steps_per_epoch == 0 and epoch % every == 0
-        extra = {"sb_state": gather_selective_backprop(sb, buffer, rt)} if sel.method == "selective_backprop" else {}
+        extra = {"sb_state": selection.gather_selective_backprop(sb, buffer, rt.world)} \
+            if sel.method == "selective_backprop" else {}
         ckpt.save(snapshot=f"ckpt_{epoch:04d}.pt" if snapshot else None, model=model, optimizer=optimizer,
                   scaler=scaler, ledger=ledger, step=step, best_top1=best, **extra)
 
@@ -402,29 +379,6 @@ def main(cfg):
 
     log_summary(logger, ledger, sel, best, step, reached)
     logger.close()
-
-
-def restore_selective_backprop(state, sb, buffer, rt, path, step, method):
-    """Per rank: the loss history, the buffer of selected samples and the loader batches consumed."""
-    if "sb_state" in state:
-        if len(state["sb_state"]) != rt.world:
-            raise ConfigError(f"{path} holds Selective-Backprop state of {len(state['sb_state'])} rank(s); "
-                              f"resume it with as many")
-        mine = state["sb_state"][rt.rank]
-        sb.recent = mine["recent"]
-        buffer.load_state_dict(mine["buffer"], rt.device)
-    elif method == "selective_backprop":
-        buffer.batches = step
-
-
-def gather_selective_backprop(sb, buffer, rt):
-    """Every rank's Selective-Backprop state, gathered for rank 0's checkpoint (a collective)."""
-    mine = {"recent": sb.recent, "buffer": buffer.state_dict()}
-    if rt.world == 1:
-        return [mine]
-    every = [None] * rt.world
-    tdist.all_gather_object(every, mine)
-    return every
 
 
 def log_summary(logger, ledger, sel, best, step, reached):

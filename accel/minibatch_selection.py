@@ -14,6 +14,9 @@ global one, every rank keeps b / world samples so DDP's gradient average is unch
 communication is added to the selection pass. The training script follows this choice.
 """
 import torch
+import torch.distributed as tdist
+
+from common.config import ConfigError
 
 
 def selection_weights(n, beta):
@@ -108,3 +111,26 @@ class SelectedBuffer:
         self.x = None if state["x"] is None else state["x"].to(device)
         self.y = None if state["y"] is None else state["y"].to(device)
         self.batches = int(state["batches"])
+
+
+def gather_selective_backprop(sb, buffer, world):
+    """Every rank's Selective-Backprop state (loss history, buffer, loader batches consumed),
+    gathered for rank 0's checkpoint (a collective)."""
+    mine = {"recent": sb.recent, "buffer": buffer.state_dict()}
+    if world == 1:
+        return [mine]
+    every = [None] * world
+    tdist.all_gather_object(every, mine)
+    return every
+
+
+def restore_selective_backprop(states, sb, buffer, rank, world, path, step, device):
+    """This rank's share of a checkpoint's gather_selective_backprop (None: a checkpoint without
+    it, written before its first selection; the loader then stands at `step` batches)."""
+    if states is None:
+        buffer.batches = step
+        return
+    if len(states) != world:
+        raise ConfigError(f"{path} holds Selective-Backprop state of {len(states)} rank(s); resume it with as many")
+    sb.recent = states[rank]["recent"]
+    buffer.load_state_dict(states[rank]["buffer"], device)

@@ -83,3 +83,28 @@ def build_eval_loader(images, cfg, batch_size, device, shard=True):
     kw.pop("persistent_workers", None)  # evaluated rarely; don't keep idle workers around
     return DataLoader(ds, batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=collate, **kw)
 
+
+class LabeledSubset:
+    """The first `per_class` images of each class of `images` (same `load` / `read` interface):
+    the labeled set of a few-label run (ubn.labels_per_class, train_supervised.py)."""
+
+    def __init__(self, images, per_class):
+        count, self.idx = {}, []
+        for i, t in enumerate(images.targets):
+            if count.get(t, 0) < per_class:
+                self.idx.append(i)
+                count[t] = count.get(t, 0) + 1
+        self.images, self.targets = images, [images.targets[i] for i in self.idx]
+        self.description = f"{len(self.idx)} labeled of {images.description}"
+
+    def __len__(self):
+        return len(self.idx)
+
+    def load(self, i):
+        return self.images.load(self.idx[i])
+
+    @property
+    def read(self):   # the JPEG bytes (data/multiview.py), where `images` are files
+        if not hasattr(self.images, "read"):
+            raise AttributeError("read")
+        return lambda i: self.images.read(self.idx[i])
