@@ -54,12 +54,14 @@ def test_a_second_run_into_a_busy_output_dir_is_refused_and_a_killed_holder_bloc
     first = _popen(LONG + ["train.ckpt_every_steps=4"], out)
     _wait_for_rows(out, first, 6)
     config_before = open(os.path.join(out, "config.yaml")).read()
+    # the holder is paused (alive, holding the lock) while the second run tries: on a loaded machine
+    # it could otherwise finish its 160 steps first and write exit.json itself
+    os.killpg(first.pid, signal.SIGSTOP)
     second = run(["train_ssl.py"] + LONG + ["optim.lr=0.5", f"output_dir={out}"], check=False)
     line = _one_line(second, "is in use by another run", f"pid {first.pid}", socket.gethostname())
     assert first.poll() is None and open(os.path.join(out, "config.yaml")).read() == config_before
     assert not os.path.exists(os.path.join(out, "exit.json")), line   # the refused run wrote nothing
-    while not os.path.exists(os.path.join(out, "checkpoint.pt")):
-        time.sleep(0.05)
+    assert os.path.exists(os.path.join(out, "checkpoint.pt"))         # step 4's, before the 6 rows
     os.killpg(first.pid, signal.SIGKILL)
     first.communicate()
     assert os.path.exists(os.path.join(out, "run.lock"))             # left behind by the dead holder
