@@ -19,7 +19,7 @@ synthetic set if absent), SimCLR with a CIFAR-stem ResNet-18:
      (paper: 8.2 -> 3.6 GMACs on average).
 
     python benchmarks/interloss.py                      # ~12 min on 2 CPU cores
-    python benchmarks/interloss.py --seeds 3 --accel-epochs 10   # part 2 with 3 seeds, ~25 min
+    python benchmarks/interloss.py --seeds 3 --no-part1 --accel-epochs 10   # part 2 only, 3 seeds: 17 min
     python benchmarks/interloss.py --method mocov2 --epochs 10
 """
 import argparse

@@ -12,7 +12,7 @@ the image subset is the same): each seed's selection run aims at the same seed's
 the speed-ups are taken per seed, and every figure is printed per seed and as mean +- sample std (n).
 
     python benchmarks/selection.py                  # ~5 min on 2 CPU cores
-    python benchmarks/selection.py --seeds 3        # ~3x that: accuracies and speed-ups as mean +- std
+    python benchmarks/selection.py --seeds 3        # 17 min: accuracies and speed-ups as mean +- std
     python benchmarks/selection.py --epochs 30 --per-class 1000
 """
 import argparse

@@ -12,7 +12,7 @@ ratios taken per seed (baseline and efficient of the same seed), then every figu
 sample std (n).
 
     python benchmarks/wacv_efficiency.py                   # ~6 min on 2 CPU cores
-    python benchmarks/wacv_efficiency.py --seeds 3         # ~3x that: kNN and speed-ups as mean +- std
+    python benchmarks/wacv_efficiency.py --seeds 3         # ~3x that (54 min with other jobs on the cores)
     python benchmarks/wacv_efficiency.py --epochs 20 --per-class 1000
 
 Scale mapping from Table 10 (224 px): r_min 96 -> 16 px of 32 (stages of 8 px), r_sel 64 ->
