@@ -9,12 +9,17 @@ synthetic set if absent), SimCLR with a CIFAR-stem ResNet-18:
      truncated forward, shorter backward, cropped maps, the M x M head passes) and wall time per
      step, both as ratios to the baseline;
   2. kNN top-1 at an equal wall-clock budget (the paper's Fig. 3 claim): the baseline for
-     --epochs, and PB+HP for as many more epochs as its measured wall-time ratio buys;
+     --epochs, and PB+HP for as many more epochs as its measured wall-time ratio buys (or
+     --accel-epochs, fixed: part 1's wall ratio is only meaningful on an otherwise idle machine);
+     with --seeds N both runs take train.seed = first-seed .. first-seed+N-1, and kNN top-1,
+     wall time and the per-seed kNN difference are printed per seed and as mean +- sample std (n).
+     Part 1 runs once, with the first seed (its FLOPs do not depend on the seed);
   0. first, the paper's sec. 2.2 figure: backward MACs of a 224 px ResNet-50 image when the
      loss sits after block i (FlopCounterMode), and their mean under uniform draws
      (paper: 8.2 -> 3.6 GMACs on average).
 
     python benchmarks/interloss.py                      # ~12 min on 2 CPU cores
+    python benchmarks/interloss.py --seeds 3 --no-part1 --accel-epochs 10   # part 2 only, 3 seeds: 17 min
     python benchmarks/interloss.py --method mocov2 --epochs 10
 """
 import argparse
@@ -24,7 +29,8 @@ import subprocess
 import sys
 import tempfile
 
-from cpu_scale import REPO, train_ssl_args
+from cpu_scale import REPO, add_seed_args, mean_std, seed_list, train_ssl_args
+
 PAPER = {"+PB": 3.7 / 4.3, "+HP": 3.4 / 4.3, "+PB+HP": 2.8 / 4.3}
 HP = ["interloss.hard_pairs=true", "interloss.pair_blocks=[1,2]", "interloss.candidates=4", "interloss.crop=0.75"]
 SETTINGS = {
@@ -42,9 +48,10 @@ def common_args(args):
             + ["train.log_every=1", f"method.name={args.method}"] + HEADS[args.method])
 
 
-def run(args, extra, epochs):
+def run(args, extra, epochs, seed=0):
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "train_ssl.py"] + common_args(args) + extra + [f"train.epochs={epochs}", f"output_dir={out}"]
+        cmd = ([sys.executable, "train_ssl.py"] + common_args(args) + extra
+               + [f"train.epochs={epochs}", f"train.seed={seed}", f"output_dir={out}"])
         p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if p.returncode:
             raise RuntimeError(p.stderr[-2000:])
@@ -54,7 +61,8 @@ def run(args, extra, epochs):
     skip = min(5, len(train) - 1)  # the first steps measure FLOPs (FlopCounterMode) and warm up
     return {"flops_step": train[-1]["train_pflops"] * 1e15 / train[-1]["step"],
             "wall_step": (train[-1]["time"] - train[skip - 1]["time"]) / (train[-1]["step"] - train[skip - 1]["step"]),
-            "wall": train[-1]["time"] - rows[0]["time"], "knn": rows[-1]["knn_top1"], "steps": train[-1]["step"]}
+            "wall": train[-1]["time"] - rows[0]["time"], "knn0": rows[0]["knn_top1"], "knn": rows[-1]["knn_top1"],
+            "steps": train[-1]["step"]}
 
 
 def backward_macs():
@@ -77,32 +85,62 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="simclr", choices=sorted(HEADS))
     p.add_argument("--epochs", type=int, default=8, help="baseline epochs of part 2")
+    p.add_argument("--accel-epochs", type=int, default=0,
+                   help="+PB+HP epochs of part 2 (default: --epochs / part 1's measured wall ratio)")
+    p.add_argument("--no-part1", action="store_true", help="skip parts 0 and 1 (needs --accel-epochs)")
     p.add_argument("--probe-epochs", type=int, default=2, help="epochs per setting in part 1")
     p.add_argument("--per-class", type=int, default=500)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
+    add_seed_args(p)
     args = p.parse_args()
-    macs = backward_macs()
-    print("ResNet-50, 224 px, backward GMACs per image with the loss after block 1..4: "
-          + ", ".join(f"{v:.2f}" for v in macs) + f"; mean over uniform draws {sum(macs) / 4:.2f} "
-          f"(over blocks 1-3 only {sum(macs[:3]) / 3:.2f}); paper: 8.2 -> 3.6\n")
-    res = {name: run(args, extra, args.probe_epochs) for name, extra in SETTINGS.items()}
-    b = res["baseline"]
+    if args.no_part1 and not args.accel_epochs:
+        p.error("--no-part1 needs --accel-epochs")
+    seeds = seed_list(args)
     print(f"{args.method}, CIFAR-stem ResNet-18 width {args.width}, {args.per_class} images/class, 32 px, batch 128, "
-          f"{args.threads} threads, device: cpu")
-    print(f"{'setting':<10}{'GFLOPs/step':>12}{'FLOPs ratio':>12}{'s/step':>8}{'wall ratio':>11}{'paper time ratio':>17}")
-    for name, r in res.items():
-        paper = f"{PAPER[name]:.2f}" if name in PAPER else "1.00"
-        print(f"{name:<10}{r['flops_step'] / 1e9:>12.2f}{r['flops_step'] / b['flops_step']:>12.2f}{r['wall_step']:>8.3f}"
-              f"{r['wall_step'] / b['wall_step']:>11.2f}{paper:>17}")
-    ratio = res["+PB+HP"]["wall_step"] / b["wall_step"]
-    accel_epochs = max(1, round(args.epochs / ratio))
-    base = run(args, SETTINGS["baseline"], args.epochs)
-    accel = run(args, SETTINGS["+PB+HP"], accel_epochs)
-    print(f"\nequal wall-clock budget: baseline {args.epochs} epochs vs +PB+HP {accel_epochs} epochs")
-    print(f"{'setting':<10}{'epochs':>7}{'steps':>7}{'wall s':>8}{'kNN top-1 %':>13}")
-    for name, e, r in (("baseline", args.epochs, base), ("+PB+HP", accel_epochs, accel)):
-        print(f"{name:<10}{e:>7}{r['steps']:>7}{r['wall']:>8.0f}{r['knn']:>13.2f}")
+          f"{args.threads} threads, device: cpu\n")
+    accel_epochs = args.accel_epochs
+    if not args.no_part1:
+        macs = backward_macs()
+        print("ResNet-50, 224 px, backward GMACs per image with the loss after block 1..4: "
+              + ", ".join(f"{v:.2f}" for v in macs) + f"; mean over uniform draws {sum(macs) / 4:.2f} "
+              f"(over blocks 1-3 only {sum(macs[:3]) / 3:.2f}); paper: 8.2 -> 3.6\n")
+        res = {name: run(args, extra, args.probe_epochs, seeds[0]) for name, extra in SETTINGS.items()}
+        b = res["baseline"]
+        print(f"part 1, per step ({args.probe_epochs} epochs per setting, seed {seeds[0]}):")
+        print(f"{'setting':<10}{'GFLOPs/step':>12}{'FLOPs ratio':>12}{'s/step':>8}{'wall ratio':>11}"
+              f"{'paper time ratio':>17}")
+        for name, r in res.items():
+            paper = f"{PAPER[name]:.2f}" if name in PAPER else "1.00"
+            print(f"{name:<10}{r['flops_step'] / 1e9:>12.2f}{r['flops_step'] / b['flops_step']:>12.2f}"
+                  f"{r['wall_step']:>8.3f}{r['wall_step'] / b['wall_step']:>11.2f}{paper:>17}")
+        ratio = res["+PB+HP"]["wall_step"] / b["wall_step"]
+        accel_epochs = accel_epochs or max(1, round(args.epochs / ratio))
+    part2 = {}
+    for seed in seeds:
+        part2[seed] = {"baseline": run(args, SETTINGS["baseline"], args.epochs, seed),
+                       "+PB+HP": run(args, SETTINGS["+PB+HP"], accel_epochs, seed)}
+        print(f"  part 2, seed {seed}: done", file=sys.stderr, flush=True)
+    epochs = {"baseline": args.epochs, "+PB+HP": accel_epochs}
+    how = "fixed by --accel-epochs" if args.accel_epochs else "from part 1's wall ratio"
+    print(f"\npart 2, equal wall-clock budget: baseline {args.epochs} epochs vs +PB+HP {accel_epochs} epochs ({how}), "
+          f"seeds {seeds}")
+    print(f"{'seed':>4}  {'setting':<10}{'epochs':>7}{'steps':>7}{'wall s':>8}{'kNN top-1 % start -> end':>26}")
+    for seed, res in part2.items():
+        for name, r in res.items():
+            print(f"{seed:>4}  {name:<10}{epochs[name]:>7}{r['steps']:>7}{r['wall']:>8.0f}"
+                  f"{r['knn0']:>15.2f} -> {r['knn']:<6.2f}")
+    if len(seeds) > 1:
+        print(f"\nmean +- sample std over seeds {seeds[0]}-{seeds[-1]} (n={len(seeds)}):")
+        print(f"{'setting':<10}{'epochs':>7}{'steps':>7}{'wall s':>22}{'kNN top-1 %':>24}")
+        for name in epochs:
+            col = lambda k, spec: mean_std([part2[s][name][k] for s in seeds], spec)  # noqa: E731
+            print(f"{name:<10}{epochs[name]:>7}{part2[seeds[0]][name]['steps']:>7}{col('wall', '.0f'):>22}"
+                  f"{col('knn', '.2f'):>24}")
+    diff = [part2[s]["+PB+HP"]["knn"] - part2[s]["baseline"]["knn"] for s in seeds]
+    wall = [part2[s]["+PB+HP"]["wall"] / part2[s]["baseline"]["wall"] for s in seeds]
+    print(f"kNN +PB+HP - baseline (per seed): {mean_std(diff, '+.2f')} points, +PB+HP higher on "
+          f"{sum(d > 0 for d in diff)} of {len(seeds)} seeds; wall +PB+HP / baseline {mean_std(wall)}")
 
 
 if __name__ == "__main__":

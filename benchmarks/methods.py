@@ -8,9 +8,13 @@ protocol of WACV'23 Table 2: "the same optimizer and augmentation hyper-paramete
 Heads are each method's own, narrowed for the width-16 backbone (METHOD_ARGS below); DINO and
 SwAV add 2 local 16 px crops (multi-crop), which shows in their FLOPs per step. Prints kNN
 top-1 (k=20) at the start and end, training PFLOPs (the FLOP ledger: momentum encoders and
-local crops included), training wall time, and FLOPs per step relative to SimSiam.
+local crops included), training wall time, and FLOPs per step relative to SimSiam. With --seeds
+N every method runs with train.seed = first-seed .. first-seed+N-1 (init, augmentation, order;
+the same images): one line per method and seed, the ratios to SimSiam taken within each seed,
+then every figure as mean +- sample std (n).
 
     python benchmarks/methods.py                            # ~20 min on 2 CPU cores
+    python benchmarks/methods.py --seeds 3                  # ~3x that: kNN and losses as mean +- std
     python benchmarks/methods.py --methods simsiam byol --epochs 10
 """
 import argparse
@@ -20,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-from cpu_scale import REPO, train_ssl_args
+from cpu_scale import REPO, add_seed_args, mean_std, seed_list, train_ssl_args
 
 MULTI_CROP = ["data.local_views=2", "data.local_crop_size=16", "data.local_crop_scale=[0.05,0.4]"]
 METHOD_ARGS = {
@@ -43,10 +47,11 @@ def common_args(args):
     return train_ssl_args(args.per_class, args.width, args.threads) + [f"train.epochs={args.epochs}", "train.log_every=5"]
 
 
-def run_method(name, args):
+def run_method(name, args, seed=0):
     extra = [a.format(warm=args.epochs * 0.3) for a in METHOD_ARGS[name]]
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "train_ssl.py"] + common_args(args) + [f"method.name={name}"] + extra + [f"output_dir={out}"]
+        cmd = ([sys.executable, "train_ssl.py"] + common_args(args) + [f"method.name={name}"] + extra
+               + [f"train.seed={seed}", f"output_dir={out}"])
         p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if p.returncode:
             raise RuntimeError(f"{name} failed:\n{p.stderr[-2000:]}")
@@ -65,21 +70,41 @@ def main():
     p.add_argument("--per-class", type=int, default=500)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
+    add_seed_args(p)
     args = p.parse_args()
-    res = {}
-    for name in args.methods:
-        res[name] = run_method(name, args)
-        print(f"  {name}: done ({res[name]['wall']:.0f} s)", file=sys.stderr, flush=True)
+    seeds = seed_list(args)
+    res = {name: {} for name in args.methods}   # method -> seed -> result
+    for seed in seeds:   # seed by seed: an interrupted sweep leaves whole seeds, every method in each
+        for name in args.methods:
+            res[name][seed] = r = run_method(name, args, seed)
+            print(f"  {name}, seed {seed}: done ({r['wall']:.0f} s, kNN {r['knn']:.2f})", file=sys.stderr, flush=True)
     ref = res.get("simsiam")
+    for by_seed in res.values():   # per step, relative to SimSiam of the same seed
+        for seed, r in by_seed.items():
+            r["rel_flops"] = r["pflops"] / r["steps"] / (ref[seed]["pflops"] / ref[seed]["steps"]) if ref else None
+            r["rel_wall"] = r["wall"] / r["steps"] / (ref[seed]["wall"] / ref[seed]["steps"]) if ref else None
     print(f"CIFAR-stem ResNet-18 width {args.width}, {args.per_class} images/class, batch 128, {args.epochs} epochs, "
-          f"SGD as yaml/cifar10_simsiam_cpu.yaml, {args.threads} threads, device: cpu")
-    print(f"{'method':<12}{'steps':>6}{'loss':>16}{'kNN % start->end':>19}{'PFLOPs':>9}{'wall s':>8}"
+          f"SGD as yaml/cifar10_simsiam_cpu.yaml, {args.threads} threads, seeds {seeds}, device: cpu")
+    print(f"{'method':<12}{'seed':>5}{'steps':>6}{'loss':>16}{'kNN % start->end':>19}{'PFLOPs':>9}{'wall s':>8}"
           f"{'FLOPs/step vs SimSiam':>23}{'wall vs SimSiam':>17}")
-    for name, r in res.items():
-        rel = f"{r['pflops'] / r['steps'] / (ref['pflops'] / ref['steps']):.2f}" if ref else "-"
-        relw = f"{r['wall'] / r['steps'] / (ref['wall'] / ref['steps']):.2f}" if ref else "-"
-        print(f"{name:<12}{r['steps']:>6}{r['loss0']:>8.3f}->{r['loss']:<7.3f}{r['knn0']:>8.2f} -> {r['knn']:<6.2f}"
-              f"{r['pflops']:>9.4f}{r['wall']:>8.0f}{rel:>23}{relw:>17}")
+    for name, by_seed in res.items():
+        for seed, r in by_seed.items():
+            rel = f"{r['rel_flops']:.2f}" if ref else "-"
+            relw = f"{r['rel_wall']:.2f}" if ref else "-"
+            print(f"{name:<12}{seed:>5}{r['steps']:>6}{r['loss0']:>8.3f}->{r['loss']:<7.3f}{r['knn0']:>8.2f} -> "
+                  f"{r['knn']:<6.2f}{r['pflops']:>9.4f}{r['wall']:>8.0f}{rel:>23}{relw:>17}")
+    if len(seeds) > 1:
+        print(f"\nmean +- sample std over seeds {seeds[0]}-{seeds[-1]} (n={len(seeds)}):")
+        print(f"{'method':<12}{'kNN % start':>22}{'kNN % end':>22}{'kNN gain':>22}{'last loss':>24}{'PFLOPs':>9}"
+              f"{'wall s':>18}{'FLOPs/step vs SimSiam':>23}{'wall/step vs SimSiam':>22}")
+        for name, by_seed in res.items():
+            col = lambda k, spec: mean_std([r[k] for r in by_seed.values()], spec)  # noqa: E731
+            gain = mean_std([r["knn"] - r["knn0"] for r in by_seed.values()], "+.2f")
+            rel = col("rel_flops", ".2f").split(" (")[0] if ref else "-"
+            relw = col("rel_wall", ".2f").split(" (")[0] if ref else "-"
+            print(f"{name:<12}{col('knn0', '.2f'):>22}{col('knn', '.2f'):>22}{gain:>22}{col('loss', '.3f'):>24}"
+                  f"{sum(r['pflops'] for r in by_seed.values()) / len(by_seed):>9.4f}"
+                  f"{col('wall', '.0f').split(' (')[0]:>18}{rel:>23}{relw:>22}")
 
 
 if __name__ == "__main__":

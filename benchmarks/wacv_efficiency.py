@@ -6,9 +6,13 @@ ImageFolder copy beside the repo; the synthetic set if it is absent): the baseli
 (cosine, 2 views at full resolution, magnitude 5) and the efficient one (F1-CLR with
 anti-phased momentum, Super Progressive Learning, Hard Augment), scaled down from Table 10.
 Prints training PFLOPs (training + selection passes), training wall time, kNN top-1, the FLOP
-and wall-clock speed-ups, and their ratio (1 = the wall clock follows the FLOPs).
+and wall-clock speed-ups, and their ratio (1 = the wall clock follows the FLOPs). With --seeds N
+both settings run with train.seed = first-seed .. first-seed+N-1: one line per seed and run, the
+ratios taken per seed (baseline and efficient of the same seed), then every figure as mean +-
+sample std (n).
 
     python benchmarks/wacv_efficiency.py                   # ~6 min on 2 CPU cores
+    python benchmarks/wacv_efficiency.py --seeds 3         # ~3x that (54 min with other jobs on the cores)
     python benchmarks/wacv_efficiency.py --epochs 20 --per-class 1000
 
 Scale mapping from Table 10 (224 px): r_min 96 -> 16 px of 32 (stages of 8 px), r_sel 64 ->
@@ -26,8 +30,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from accel import cost, progressive  # noqa: E402
-from cpu_scale import train_ssl_args  # noqa: E402
-
+from cpu_scale import add_seed_args, mean_std, seed_list, train_ssl_args  # noqa: E402
 
 
 def common_args(args):
@@ -44,9 +47,10 @@ SETTINGS = {
 }
 
 
-def run_setting(name, args):
+def run_setting(name, args, seed=0):
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "train_ssl.py"] + common_args(args) + SETTINGS[name](args.epochs) + [f"output_dir={out}"]
+        cmd = ([sys.executable, "train_ssl.py"] + common_args(args) + SETTINGS[name](args.epochs)
+               + [f"train.seed={seed}", f"output_dir={out}"])
         subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
         with open(os.path.join(out, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f]
@@ -65,19 +69,44 @@ def main():
     p.add_argument("--per-class", type=int, default=500)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
+    add_seed_args(p)
     args = p.parse_args()
-    res = {name: run_setting(name, args) for name in SETTINGS}
-    b, e = res["baseline"], res["efficient"]
+    seeds = seed_list(args)
+    runs = {}   # seed -> {setting: result}, the two settings of a seed side by side
+    for seed in seeds:
+        runs[seed] = {name: run_setting(name, args, seed) for name in SETTINGS}
+        print(f"  seed {seed}: done", file=sys.stderr, flush=True)
+    ratios = {seed: {"flop": r["baseline"]["pflops"] / r["efficient"]["pflops"],
+                     "wall": r["baseline"]["wall"] / r["efficient"]["wall"]} for seed, r in runs.items()}
+    for r in ratios.values():
+        r["wall_per_flop"] = r["wall"] / r["flop"]
     print(f"SimSiam, CIFAR-stem ResNet-18 width {args.width}, {args.per_class} images/class, batch 128, "
-          f"baseline {args.epochs} epochs, {args.threads} threads, device: cpu")
-    print(f"{'setting':<12}{'steps':>7}{'PFLOPs':>10}{'(select)':>10}{'wall s':>9}{'kNN %':>8}")
-    for name, r in res.items():
-        print(f"{name:<12}{r['steps']:>7}{r['pflops']:>10.4f}{r['selection']:>10.4f}{r['wall']:>9.1f}{r['knn']:>8.2f}")
-    flop_speedup, wall_speedup = b["pflops"] / e["pflops"], b["wall"] / e["wall"]
-    print(f"FLOP speed-up {flop_speedup:.2f}x, wall-clock speed-up {wall_speedup:.2f}x, "
-          f"wall / FLOP ratio {wall_speedup / flop_speedup:.2f}")
+          f"baseline {args.epochs} epochs, {args.threads} threads, seeds {seeds}, device: cpu")
+    print(f"{'seed':>4}  {'setting':<12}{'steps':>7}{'PFLOPs':>10}{'(select)':>10}{'wall s':>9}{'kNN %':>8}")
+    for seed, res in runs.items():
+        for name, r in res.items():
+            print(f"{seed:>4}  {name:<12}{r['steps']:>7}{r['pflops']:>10.4f}{r['selection']:>10.4f}{r['wall']:>9.1f}"
+                  f"{r['knn']:>8.2f}")
+    for seed, r in ratios.items():
+        print(f"seed {seed}: FLOP speed-up {r['flop']:.2f}x, wall-clock speed-up {r['wall']:.2f}x, "
+              f"wall / FLOP ratio {r['wall_per_flop']:.2f}")
+    if len(seeds) > 1:
+        print(f"\nmean +- sample std over seeds {seeds[0]}-{seeds[-1]} (n={len(seeds)}):")
+        print(f"{'setting':<12}{'steps':>7}{'PFLOPs':>26}{'wall s':>24}{'kNN %':>24}")
+        for name in SETTINGS:
+            col = lambda k, spec: mean_std([runs[s][name][k] for s in seeds], spec)  # noqa: E731
+            print(f"{name:<12}{runs[seeds[0]][name]['steps']:>7}{col('pflops', '.4f'):>26}{col('wall', '.1f'):>24}"
+                  f"{col('knn', '.2f'):>24}")
+        kd = mean_std([runs[s]["efficient"]["knn"] - runs[s]["baseline"]["knn"] for s in seeds], "+.2f")
+        wins = sum(runs[s]["efficient"]["knn"] > runs[s]["baseline"]["knn"] for s in seeds)
+        col = lambda k: mean_std([ratios[s][k] for s in seeds])  # noqa: E731
+        print(f"kNN efficient - baseline (per seed) {kd} points, efficient higher on {wins} of {len(seeds)} seeds")
+        print(f"per-seed ratios: FLOP speed-up {col('flop')}, wall-clock speed-up {col('wall')}, "
+              f"wall / FLOP ratio {col('wall_per_flop')}")
     # analytical prediction: cost of a step proportional to r^2 (Eq. 9's assumption) plus the
-    # selection pass, n r_sel^2 / C relative to a step at r (Eq. 11)
+    # selection pass, n r_sel^2 / C relative to a step at r (Eq. 11); the steps do not depend on the seed
+    b, e = runs[seeds[0]]["baseline"], runs[seeds[0]]["efficient"]
+    flop_speedup = ratios[seeds[0]]["flop"]
     steps_e, steps_b = e["steps"], b["steps"]
     warm = round(steps_e / 6)
     res, _ = progressive.super_progressive(steps_e, warm, 16, 32, 4.0, 6.0, step=8)
@@ -86,7 +115,7 @@ def main():
     predicted = steps_b * 32 ** 2 / (np.sum(res.astype(float) ** 2) + steps_e * ha * 32 ** 2)
     print(f"analytical: resolution schedule alone {res_speedup:.2f}x (Eq. 9 as printed: "
           f"{cost.resolution_speedup_eq9(res, 32):.2f}x); Hard Augment overhead {100 * ha:.1f} % of a 32 px step "
-          f"(Eq. 11, C=6); predicted FLOP speed-up {predicted:.2f}x vs measured {flop_speedup:.2f}x")
+          f"(Eq. 11, C=6); predicted FLOP speed-up {predicted:.2f}x vs measured {flop_speedup:.2f}x (seed {seeds[0]})")
 
 
 if __name__ == "__main__":
