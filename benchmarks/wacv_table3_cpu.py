@@ -13,7 +13,7 @@ so report.py puts the paper's figures beside ours.
     python benchmarks/wacv_table3_cpu.py     # ~32 min: docs/reproducing.md's table measured 2.5-11.8 min per run
                                              # (2-core CPU, one thread per run, other jobs sharing it)
     python report.py runs/cpu/wacv_table3 --out benchmarks/reports/wacv_table3_cpu
-    python benchmarks/wacv_table3_cpu.py --seeds 3 --epochs 6 --control   # seeds, equal lengths, random-pick control
+    python benchmarks/wacv_table3_cpu.py --seeds 3 --epochs 5 --control   # seeds, equal lengths, random-pick control (as run)
 """
 import argparse
 import os
