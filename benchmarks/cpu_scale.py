@@ -20,6 +20,14 @@ def train_ssl_args(per_class, width, threads):
                    f"train.threads={threads}"]
 
 
+def add_scale_args(parser):
+    """--per-class, --width and --threads (the CPU scale above) and the seed options."""
+    parser.add_argument("--per-class", type=int, default=500)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    add_seed_args(parser)
+
+
 def add_seed_args(parser):
     """--seeds N and --first-seed F, as benchmarks/wacv_table3_cpu.py takes them."""
     parser.add_argument("--seeds", type=int, default=1,

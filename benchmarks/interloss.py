@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 
-from cpu_scale import REPO, add_seed_args, mean_std, seed_list, train_ssl_args
+from cpu_scale import REPO, add_scale_args, mean_std, seed_list, train_ssl_args
 
 PAPER = {"+PB": 3.7 / 4.3, "+HP": 3.4 / 4.3, "+PB+HP": 2.8 / 4.3}
 HP = ["interloss.hard_pairs=true", "interloss.pair_blocks=[1,2]", "interloss.candidates=4", "interloss.crop=0.75"]
@@ -89,10 +89,7 @@ def main():
                    help="+PB+HP epochs of part 2 (default: --epochs / part 1's measured wall ratio)")
     p.add_argument("--no-part1", action="store_true", help="skip parts 0 and 1 (needs --accel-epochs)")
     p.add_argument("--probe-epochs", type=int, default=2, help="epochs per setting in part 1")
-    p.add_argument("--per-class", type=int, default=500)
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2)
-    add_seed_args(p)
+    add_scale_args(p)
     args = p.parse_args()
     if args.no_part1 and not args.accel_epochs:
         p.error("--no-part1 needs --accel-epochs")

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-from cpu_scale import REPO, add_seed_args, mean_std, seed_list, train_ssl_args
+from cpu_scale import REPO, add_scale_args, mean_std, seed_list, train_ssl_args
 
 MULTI_CROP = ["data.local_views=2", "data.local_crop_size=16", "data.local_crop_scale=[0.05,0.4]"]
 METHOD_ARGS = {
@@ -67,10 +67,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=list(METHOD_ARGS), choices=list(METHOD_ARGS))
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--per-class", type=int, default=500)
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2)
-    add_seed_args(p)
+    add_scale_args(p)
     args = p.parse_args()
     seeds = seed_list(args)
     res = {name: {} for name in args.methods}   # method -> seed -> result

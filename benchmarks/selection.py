@@ -25,7 +25,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from accel import cost  # noqa: E402
-from cpu_scale import CIFAR10, add_seed_args, mean_std, seed_list  # noqa: E402
+from cpu_scale import CIFAR10, add_scale_args, mean_std, seed_list  # noqa: E402
 
 
 def run(args, extra, seed=0):
@@ -80,10 +80,7 @@ def compare(args, seed):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--per-class", type=int, default=500)
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2)
-    add_seed_args(p)
+    add_scale_args(p)
     args = p.parse_args()
     seeds = seed_list(args)
     runs = {}

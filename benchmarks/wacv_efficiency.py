@@ -30,7 +30,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from accel import cost, progressive  # noqa: E402
-from cpu_scale import add_seed_args, mean_std, seed_list, train_ssl_args  # noqa: E402
+from cpu_scale import add_scale_args, mean_std, seed_list, train_ssl_args  # noqa: E402
 
 
 def common_args(args):
@@ -66,10 +66,7 @@ def run_setting(name, args, seed=0):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=10, help="baseline epochs (efficient: 0.6x)")
-    p.add_argument("--per-class", type=int, default=500)
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2)
-    add_seed_args(p)
+    add_scale_args(p)
     args = p.parse_args()
     seeds = seed_list(args)
     runs = {}   # seed -> {setting: result}, the two settings of a seed side by side
