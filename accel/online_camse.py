@@ -101,9 +101,10 @@ def reestimate(method, schedule, views, local_views, step, seed, ledger=None):
         ledger.add("budget_units", units / dist.world_size())
     d_q, p_q, d_k, p_k = stages[best]
     if dist.is_main():
-        tqdm.write(f"online CA-MSE at step {step} ({100 * schedule.length.progress[step]:.1f}% of budget): best drop {d_q:g}, "
-              f"patch {p_q} (CA-MSE {profiles[best]['ca_mse']:.4g} of {len(stages)} candidates); "
-              + (f"switch from drop {before[0]:g}, patch {before[1]}; " if stages[best] != before else "no switch; ")
-              + f"{remaining} steps remain")
+        tqdm.write(f"online CA-MSE at step {step} ({100 * schedule.length.progress[step]:.1f}% of budget): "
+                   f"best drop {d_q:g}, patch {p_q} (CA-MSE {profiles[best]['ca_mse']:.4g} of {len(stages)} "
+                   "candidates); "
+                   + (f"switch from drop {before[0]:g}, patch {before[1]}; " if stages[best] != before else "no switch; ")
+                   + f"{remaining} steps remain")
     return {"stage": stages[best], "ca_mse": profiles[best]["ca_mse"], "remaining_steps": remaining,
             "switched": stages[best] != before, "units": units}

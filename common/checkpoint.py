@@ -11,7 +11,6 @@ only tensors, numbers, strings and containers, so it loads with torch.load(weigh
 Every checkpoint carries the resolved config and the git commit; a resume with another config
 is refused unless train.allow_changes names the change.
 """
-
 import glob
 import os
 import pickle
@@ -37,8 +36,6 @@ class Diverged(Exception):
         last = checkpoint_path if os.path.exists(checkpoint_path) else "none written yet"
         super().__init__(f"non-finite {what} at step {step}: the run diverged; last good checkpoint: {last} "
                          f"(lower the learning rate, or resume from it with other settings)")
-
-
 
 
 def save_atomic(obj, path):

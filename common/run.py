@@ -30,9 +30,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import dist, host_sync, run_lock
 from common.checkpoint import Diverged, os_error_line
+from common.config import ConfigError, InputError
 from common.host_sync import HostSyncError
 from common.logger import RunLogger, write_run_files
-from common.config import ConfigError, InputError
 
 # A run stopped early (pre-emption, time limit warning, Ctrl-C) exits with this code, not 0, so a
 # scheduler or requeueing launcher can tell it from a finished run: 75 is EX_TEMPFAIL
